@@ -1,0 +1,27 @@
+"""NS-N2N: Neighboring-Slice Noise2Noise, self-supervised denoising of one CT/MR volume.
+
+Imports torch, numpy and scipy only (never Holoscan or MONAI Deploy), so it can be tested, benchmarked
+and reused alone. Typical use::
+
+    from nsn2n import DenoiseConfig, denoise_volume
+    result = denoise_volume(volume_hu, spacing=(dz, dy, dx), modality="CT", config=DenoiseConfig())
+    result.denoised, result.report
+"""
+
+__version__ = "0.1.0"
+
+from .api import DenoiseResult, TrainedModel, denoise_volume, fit_supervised_oracle, select_device
+from .config import ConfigError, DenoiseConfig
+from .errors import VolumeError
+
+__all__ = [
+    "ConfigError",
+    "DenoiseConfig",
+    "DenoiseResult",
+    "TrainedModel",
+    "VolumeError",
+    "__version__",
+    "denoise_volume",
+    "fit_supervised_oracle",
+    "select_device",
+]

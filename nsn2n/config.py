@@ -1,0 +1,229 @@
+"""The one typed configuration object of the NS-N2N denoiser, with documented defaults.
+
+Every field is validated at construction (:class:`ConfigError` names the field and the reason), so a
+bad value in ``app.yaml`` or an ``NSN2N_*`` environment variable fails at start-up, not an hour into
+training. Defaults were chosen by measurement with ``bench/quality.py`` (see README "Benchmark").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+__all__ = ["ConfigError", "DenoiseConfig"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class DenoiseConfig:
+    """Parameters of NS-N2N training and inference.
+
+    Training budget
+        max_steps: optimiser steps (each step sees ``batch_size`` neighbouring-slice pairs).
+            Longer training over-fits the one volume (a reference implementation lost 1.1 dB from
+            3k to 10k steps); ``bench/quality.py`` measures the curve.
+        time_budget_s: wall-clock cap on training in seconds; ``None`` or 0 = no cap. Training stops
+            at whichever of ``max_steps`` / ``time_budget_s`` comes first; the learning-rate schedule
+            follows the elapsed fraction of the budget so a cut-short run still ends annealed.
+        batch_size: neighbouring pairs per step.
+        crop_size: side of the random square crops (pixels); clipped to the slice size.
+        learning_rate, weight_decay: AdamW; the learning rate follows a cosine decay to 5 % of it
+            after a short linear warm-up.
+
+    Loss (see :mod:`nsn2n.losses`)
+        lambda_rc: weight of the regional consistency loss (paper value 0.5).
+        lambda_ic: weight of the inter-slice continuity loss (paper value 1.0).
+        use_weight_map: ``False`` replaces the weight map by ones: plain neighbour Noise2Noise, the
+            ablation the benchmark compares against.
+
+    Weight map (see :mod:`nsn2n.weight_map`)
+        lowpass_sigma_px: in-plane Gaussian sigma (pixels) of the low-pass filter.
+        median_size: side of the median filter applied after the Gaussian (odd, 1 = none).
+        threshold_k: a pixel is matched when the low-pass residual is within ``threshold_k`` robust
+            standard deviations of the residual's noise (threshold adapts to the noise level).
+
+    Network (see :mod:`nsn2n.unet`)
+        unet_width: channels at the first level (doubled at each level down).
+        unet_depth: number of down-sampling levels.
+
+    Inference
+        inference_batch: slices per forward pass (bounds memory).
+        self_ensemble: average over the 8 flips/rotations (8x inference cost).
+
+    Runtime
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        mixed_precision: bf16 autocast on CUDA (ignored on CPU).
+        seed: seed of every random choice (crops, augmentation, initialisation).
+        num_threads: CPU threads for torch; ``None`` leaves torch's default.
+        log_every_s: seconds between progress lines.
+        max_slice_gap_mm: neighbours farther apart than this are warned about: the neighbour is a
+            weaker Noise2Noise target for thick or sparse slices.
+    """
+
+    max_steps: int = 1500
+    time_budget_s: float | None = None
+    batch_size: int = 8
+    crop_size: int = 96
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+
+    lambda_rc: float = 0.5
+    lambda_ic: float = 1.0
+    use_weight_map: bool = True
+
+    lowpass_sigma_px: float = 2.0
+    median_size: int = 5
+    threshold_k: float = 3.0
+
+    unet_width: int = 32
+    unet_depth: int = 3
+
+    inference_batch: int = 8
+    self_ensemble: bool = False
+
+    device: Device = "auto"
+    mixed_precision: bool = True
+    seed: int = 0
+    num_threads: int | None = None
+    log_every_s: float = 5.0
+    max_slice_gap_mm: float = 3.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), _hints()[f.name])
+        _positive_int(self, "max_steps", "batch_size", "unet_width", "unet_depth", "inference_batch")
+        if self.crop_size < 16:
+            raise ConfigError(f"crop_size: must be >= 16 pixels, got {self.crop_size}")
+        _positive_float(self, "learning_rate", "lowpass_sigma_px", "threshold_k", "log_every_s",
+                        "max_slice_gap_mm")
+        _non_negative_float(self, "weight_decay", "lambda_rc", "lambda_ic")
+        if self.time_budget_s is not None and (not math.isfinite(self.time_budget_s) or self.time_budget_s < 0):
+            raise ConfigError(f"time_budget_s: must be >= 0 seconds (0 = no cap), got {self.time_budget_s}")
+        if self.median_size < 1 or self.median_size % 2 == 0:
+            raise ConfigError(f"median_size: must be an odd number >= 1, got {self.median_size}")
+        if self.unet_depth > 6:
+            raise ConfigError(f"unet_depth: at most 6 levels, got {self.unet_depth}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"num_threads: must be >= 1 or null, got {self.num_threads}")
+
+    @property
+    def training_time_cap(self) -> float | None:
+        """Wall-clock cap on training in seconds, or ``None`` when there is none."""
+        return self.time_budget_s if self.time_budget_s else None
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "configuration") -> DenoiseConfig:
+        """Build from a mapping (app.yaml section, parsed env vars); unknown keys are an error.
+
+        String values (from environment variables) are converted to the field's type.
+        """
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"{source}: unknown parameter(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(cls.field_names())}")
+        hints = _hints()
+        converted = {k: coerce_value(k, v, hints[k]) for k, v in values.items()}
+        return cls(**converted)
+
+    def replace(self, **changes: Any) -> DenoiseConfig:
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _hints() -> dict[str, Any]:
+    return get_type_hints(DenoiseConfig)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    allowed = _allowed_types(hint)
+    if isinstance(value, bool) and bool not in allowed:
+        raise ConfigError(f"{name}: expected {_describe(hint)}, got boolean {value!r}")
+    if get_origin(hint) is Literal:
+        if value not in get_args(hint):
+            raise ConfigError(f"{name}: must be one of {', '.join(map(str, get_args(hint)))}, got {value!r}")
+        return
+    if not isinstance(value, tuple(allowed)):
+        raise ConfigError(f"{name}: expected {_describe(hint)}, got {type(value).__name__} {value!r}")
+
+
+def _allowed_types(hint: Any) -> list[type]:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        out: list[type] = []
+        for arg in get_args(hint):
+            out.extend(_allowed_types(arg))
+        return out
+    if get_origin(hint) is Literal:
+        return [str]
+    if hint is float:
+        return [float, int]
+    if hint is type(None):
+        return [type(None)]
+    return [hint]
+
+
+def _describe(hint: Any) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in _allowed_types(hint))
+
+
+def coerce_value(name: str, value: Any, hint: Any) -> Any:
+    """Convert a string (environment variable) to the type of a field; other values pass through."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    allowed = _allowed_types(hint)
+    if type(None) in allowed and text.lower() in {"", "none", "null"}:
+        return None
+    if get_origin(hint) is Literal:
+        return text.lower()
+    if bool in allowed:
+        if text.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if text.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    for kind in (int, float):
+        if kind in allowed:
+            try:
+                return kind(text)
+            except ValueError:
+                if kind is int and float in allowed:
+                    continue
+                raise ConfigError(f"{name}: expected {_describe(hint)}, got {value!r}") from None
+    return text
+
+
+def _positive_int(cfg: DenoiseConfig, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
+
+
+def _positive_float(cfg: DenoiseConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{name}: must be a positive number, got {value}")
+
+
+def _non_negative_float(cfg: DenoiseConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name}: must be >= 0, got {value}")
