@@ -1,0 +1,171 @@
+"""End-to-end behaviour of denoise_volume on tiny synthetic volumes (CPU, seconds)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from nsn2n import ConfigError, DenoiseConfig, TrainedModel, VolumeError, denoise_volume
+
+TINY = DenoiseConfig(max_steps=200, batch_size=4, crop_size=32, unet_width=8, unet_depth=2, learning_rate=3e-3,
+                     log_every_s=60, device="cpu", seed=3)
+
+
+def _phantom(depth: int = 8, size: int = 48) -> np.ndarray:
+    """CT-like slab in HU: air, a soft-tissue body, an organ drifting along z, and a bone."""
+    zz, yy, xx = np.mgrid[0:depth, 0:size, 0:size].astype(np.float32)
+    c = size / 2
+    vol = np.full((depth, size, size), -1000.0, np.float32)
+    body = ((yy - c) / (0.42 * size)) ** 2 + ((xx - c) / (0.36 * size)) ** 2 < 1
+    vol[body] = 40.0
+    organ = ((yy - 0.4 * size - 0.5 * zz) / (0.12 * size)) ** 2 + ((xx - 0.58 * size) / (0.1 * size)) ** 2 < 1
+    vol[organ & body] = 140.0
+    bone = ((yy - 0.72 * size) / (0.08 * size)) ** 2 + ((xx - 0.4 * size) / (0.08 * size)) ** 2 < 1
+    vol[bone] = 700.0
+    return vol
+
+
+def _correlated_noise(shape, sigma: float, seed: int) -> np.ndarray:
+    """In-plane correlated (Gaussian-filtered) noise, independent between slices."""
+    noise = ndi.gaussian_filter(np.random.default_rng(seed).normal(size=shape), (0, 1.0, 1.0))
+    return (noise / noise.std() * sigma).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def noisy_case():
+    clean = _phantom()
+    noisy = clean + _correlated_noise(clean.shape, 40.0, seed=1)
+    return clean, noisy
+
+
+@pytest.fixture(scope="module")
+def tiny_result(noisy_case):
+    _, noisy = noisy_case
+    return denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", TINY)
+
+
+def _rmse(a, b):
+    return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def test_training_lowers_error_against_clean(noisy_case, tiny_result):
+    clean, noisy = noisy_case
+    before, after = _rmse(noisy, clean), _rmse(tiny_result.denoised, clean)
+    assert after < 0.75 * before, f"RMSE {before:.1f} -> {after:.1f} HU"
+    assert tiny_result.report["noise"]["after"] < tiny_result.report["noise"]["before"]
+
+
+def test_report_has_run_facts(tiny_result):
+    report = tiny_result.report
+    assert report["device"] == "cpu"
+    assert report["training"]["steps"] == TINY.max_steps
+    assert set(report["timings_s"]) >= {"weight_map_s", "train_s", "inference_s", "total_s"}
+    assert report["parameters"]["max_steps"] == TINY.max_steps
+    assert report["noise"]["unit"] == "HU"
+    assert tiny_result.denoised.dtype == np.float32 and tiny_result.denoised.shape == (8, 48, 48)
+
+
+def test_same_seed_same_output_on_cpu(noisy_case):
+    _, noisy = noisy_case
+    short = TINY.replace(max_steps=20)
+    first = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", short)
+    again = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", short)
+    np.testing.assert_array_equal(again.denoised, first.denoised)
+    other_seed = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", short.replace(seed=4))
+    assert not np.array_equal(other_seed.denoised, first.denoised)
+
+
+def test_padding_values_are_preserved_exactly(noisy_case):
+    _, noisy = noisy_case
+    padded = noisy.copy()
+    padding = np.zeros(noisy.shape, bool)
+    padding[:, :, :6] = True
+    padded[padding] = -3024.0
+    result = denoise_volume(padded, (1.0, 0.7, 0.7), "CT", TINY.replace(max_steps=5), padding_mask=padding)
+    assert np.all(result.denoised[padding] == -3024.0)
+    assert np.all(result.denoised[~padding] > -1500)
+
+
+def test_output_clipped_to_input_dtype_range():
+    rng = np.random.default_rng(0)
+    mr = (_phantom() + 1000.0) / 4 + rng.normal(0, 20, (8, 48, 48))
+    mr = np.clip(mr, 0, None).astype(np.uint16)
+    result = denoise_volume(mr, (1.0, 1.0, 1.0), "MR", TINY.replace(max_steps=5))
+    assert result.denoised.min() >= 0
+    assert result.report["noise"]["unit"] == "a.u."
+
+
+def test_saved_model_reused_without_training(tmp_path, noisy_case, tiny_result):
+    _, noisy = noisy_case
+    tiny_result.model.save(tmp_path)
+    loaded = TrainedModel.load(tmp_path)
+    result = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", TINY, initial_model=loaded)
+    assert result.report["training"]["steps"] == 0
+    assert result.report["model"]["loaded_from"].endswith("nsn2n_model.pt")
+    np.testing.assert_allclose(result.denoised, tiny_result.denoised, atol=1e-3)
+
+
+def test_thick_slices_are_warned_about(noisy_case):
+    _, noisy = noisy_case
+    result = denoise_volume(noisy, (5.0, 0.7, 0.7), "CT", TINY.replace(max_steps=2))
+    assert any("5.00 mm apart" in w for w in result.report["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("volume", "message"),
+    [
+        (np.zeros((2, 32, 32), np.float32) + np.arange(32), "at least 3"),
+        (np.full((4, 32, 32), 5.0, np.float32), "same value"),
+        (np.where(np.eye(32, dtype=bool), np.nan, 1.0)[None].repeat(4, 0).astype(np.float32), "NaN"),
+        (np.zeros((4, 8, 8), np.float32), "too small"),
+        (np.zeros((32, 32), np.float32), "3-D"),
+    ],
+)
+def test_bad_volumes_raise_clear_errors(volume, message):
+    with pytest.raises(VolumeError, match=message):
+        denoise_volume(volume, (1.0, 1.0, 1.0), "CT", TINY)
+
+
+def test_bad_spacing_raises():
+    with pytest.raises(VolumeError, match="spacing"):
+        denoise_volume(_phantom(), (0.0, 1.0, 1.0), "CT", TINY)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_steps", 0, "max_steps"),
+        ("max_steps", 1.5, "max_steps"),
+        ("learning_rate", -1.0, "learning_rate"),
+        ("median_size", 4, "median_size"),
+        ("device", "tpu", "device"),
+        ("crop_size", 8, "crop_size"),
+        ("time_budget_s", -5.0, "time_budget_s"),
+        ("use_weight_map", "yes", "use_weight_map"),
+    ],
+)
+def test_bad_config_values_name_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(DenoiseConfig(), **{field: value})
+
+
+def test_config_from_mapping_converts_strings_and_rejects_unknown_keys():
+    cfg = DenoiseConfig.from_mapping({"max_steps": "250", "self_ensemble": "true", "time_budget_s": "none",
+                                      "device": "CPU"})
+    assert cfg.max_steps == 250 and cfg.self_ensemble is True and cfg.time_budget_s is None
+    assert cfg.device == "cpu"
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        DenoiseConfig.from_mapping({"max_step": 3})
+    with pytest.raises(ConfigError, match="max_steps"):
+        DenoiseConfig.from_mapping({"max_steps": "many"})
+
+
+def test_cuda_requested_without_gpu_is_a_config_error(noisy_case):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    _, noisy = noisy_case
+    with pytest.raises(ConfigError, match="cuda"):
+        denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", TINY.replace(device="cuda"))

@@ -1,0 +1,67 @@
+"""Weight maps: moved anatomy is unmatched, flat noisy regions are matched, threshold follows the noise."""
+
+import numpy as np
+import pytest
+import torch
+
+from nsn2n.weight_map import compute_weight_maps, lowpass, robust_scale
+
+
+def _pair(noise_sigma: float, shift: int, seed: int = 0) -> torch.Tensor:
+    """Two 64x64 slices: a bright square whose right edge moves by ``shift`` pixels, plus white noise."""
+    rng = np.random.default_rng(seed)
+    slices = np.zeros((2, 64, 64), np.float32)
+    slices[0, 20:44, 16:40] = 1.0
+    slices[1, 20:44, 16 : 40 + shift] = 1.0
+    slices += rng.normal(0, noise_sigma, slices.shape).astype(np.float32)
+    return torch.from_numpy(slices)
+
+
+def _maps(volume: torch.Tensor, k: float = 3.0):
+    return compute_weight_maps(volume, None, sigma=2.0, median_size=5, threshold_k=k)
+
+
+def test_moved_edge_is_unmatched_and_flat_noise_is_matched():
+    maps = _maps(_pair(noise_sigma=0.1, shift=8))
+    w = maps.weights[0].numpy()
+    # the strip the edge moved across (columns 40..47, well inside the square's rows) is unmatched
+    assert w[24:40, 41:47].mean() < 0.05
+    # flat background far from any edge and the untouched inside of the square are matched
+    assert w[2:14, 2:62].mean() > 0.95
+    assert w[24:40, 20:34].mean() > 0.95
+
+
+def test_threshold_scales_with_noise_level():
+    low = _maps(_pair(noise_sigma=0.02, shift=0)).thresholds[0].item()
+    high = _maps(_pair(noise_sigma=0.2, shift=0)).thresholds[0].item()
+    assert high == pytest.approx(10 * low, rel=0.25)
+
+
+def test_same_fraction_matched_whatever_the_units():
+    """Scaling the intensities (another CT window, MR units) must not change the map."""
+    volume = _pair(noise_sigma=0.1, shift=6)
+    a = _maps(volume).weights
+    b = _maps(volume * 250.0 + 1000.0).weights
+    assert (a == b).float().mean() > 0.995
+
+
+def test_padding_is_never_matched():
+    volume = _pair(noise_sigma=0.1, shift=0)
+    valid = torch.ones_like(volume, dtype=torch.bool)
+    valid[1, :, :10] = False
+    maps = compute_weight_maps(volume, valid, sigma=2.0, median_size=5, threshold_k=3.0)
+    assert not maps.weights[0, :, :10].any()
+
+
+def test_robust_scale_ignores_exact_zero_residuals():
+    diff = torch.zeros(100, 100)
+    diff[:, :30] = torch.randn(100, 30, generator=torch.Generator().manual_seed(0))
+    scale = robust_scale(diff, torch.ones_like(diff, dtype=torch.bool))
+    assert 0.8 < scale.item() < 1.2
+
+
+def test_lowpass_preserves_constant_and_shape():
+    x = torch.full((3, 40, 50), 7.0)
+    y = lowpass(x, sigma=2.0, median_size=5)
+    assert y.shape == x.shape
+    assert torch.allclose(y, x)
