@@ -1,0 +1,151 @@
+"""Write a series so that it appears in the output folder complete or not at all.
+
+MONAI Deploy hosts (and DICOM routers watching a folder) send every file they find in the output
+folder; a half-written series must never be visible there. The files are therefore written into a
+hidden temporary folder on the same filesystem and moved into place with one ``rename`` (atomic on
+POSIX), as ``<output_dir>/<series_folder_name>/``. Files are PS3.10 files (``enforce_file_format``:
+preamble, ``DICM`` prefix, File Meta Information).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+__all__ = ["OutputError", "write_series_atomically"]
+
+logger = logging.getLogger(__name__)
+
+
+class OutputError(OSError):
+    """The output folder cannot be written (not a folder, not writable, target already exists...)."""
+
+
+def _writable_dir(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def _ensure_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputError(f"Output folder {output_dir} cannot be created: a path component is a file") from exc
+    except OSError as exc:
+        raise OutputError(f"Output folder {output_dir} cannot be created: {exc.strerror or exc}") from exc
+    if not _writable_dir(output_dir):
+        raise OutputError(f"Output folder {output_dir} is not writable")
+
+
+def _make_temp_dir(output_dir: Path) -> Path:
+    """A hidden temporary folder beside ``output_dir`` (same filesystem), else inside it."""
+    token = secrets.token_hex(6)
+    parent = output_dir.parent
+    try:
+        same_fs = os.stat(parent).st_dev == os.stat(output_dir).st_dev
+    except OSError:
+        same_fs = False
+    if same_fs and parent != output_dir:
+        sibling = parent / f".{output_dir.name}.partial-{token}"
+        try:
+            sibling.mkdir()
+            return sibling
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    else:
+        reason = "it is on another filesystem (mount point)" if not same_fs else "there is no parent folder"
+    inside = output_dir / f".partial-{token}"
+    logger.warning(
+        "Cannot create a temporary folder beside %s (%s); using the hidden folder %s inside it",
+        output_dir,
+        reason,
+        inside.name,
+    )
+    try:
+        inside.mkdir()
+    except OSError as exc:
+        raise OutputError(f"Output folder {output_dir} is not writable: {exc.strerror or exc}") from exc
+    return inside
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_series_atomically(
+    datasets: Iterable[Dataset],
+    output_dir: str | os.PathLike[str],
+    series_folder_name: str,
+    *,
+    fsync: bool = True,
+) -> Path:
+    """Write ``datasets`` as ``<output_dir>/<series_folder_name>/00001.dcm, 00002.dcm, ...``.
+
+    The files go to a temporary folder ``<output_dir parent>/.<output_dir name>.partial-<random>``
+    and, once all are written (and fsynced when ``fsync``), that folder is renamed to the final
+    one. When the sibling cannot be created (parent not writable, or ``output_dir`` is a mount
+    point), a hidden ``.partial-<random>`` folder inside ``output_dir`` is used, with a warning. On
+    any error the temporary folder is removed and the error re-raised; the final folder then does not
+    exist. ``output_dir`` is created if needed.
+
+    Raises :class:`OutputError` (naming the folder) when ``output_dir`` cannot be created or written,
+    or when ``<output_dir>/<series_folder_name>`` already exists. Returns the final folder.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", series_folder_name or ""):
+        raise ValueError(
+            f"series_folder_name {series_folder_name!r} must be one plain folder name "
+            "(letters, digits, '.', '_', '-'; not starting with '.')"
+        )
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("no datasets to write")
+    for ds in datasets:
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"expected pydicom Datasets, got {type(ds).__name__}")
+
+    output_dir = Path(output_dir).absolute()
+    _ensure_output_dir(output_dir)
+    final = output_dir / series_folder_name
+    if final.exists() or final.is_symlink():
+        raise OutputError(f"Output series folder {final} already exists; refusing to overwrite it")
+
+    temp = _make_temp_dir(output_dir)
+    try:
+        width = max(5, len(str(len(datasets))))
+        for index, ds in enumerate(datasets, start=1):
+            path = temp / f"{index:0{width}d}.dcm"
+            with open(path, "wb") as fh:
+                ds.save_as(fh, enforce_file_format=True)
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        if fsync:
+            _fsync_dir(temp)
+        try:
+            os.rename(temp, final)
+        except OSError as exc:
+            if final.exists():
+                raise OutputError(f"Output series folder {final} appeared while writing; not overwritten") from exc
+            raise OutputError(f"Cannot move the written series into {final}: {exc.strerror or exc}") from exc
+        if fsync:
+            _fsync_dir(output_dir)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    logger.info("Wrote %d DICOM file(s) to %s", len(datasets), final)
+    return final
