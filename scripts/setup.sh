@@ -33,6 +33,8 @@ if (( dev )); then
     command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
     command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
     command -v Orthanc  >/dev/null 2>&1 || missing+=(orthanc)
+    command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+    command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
     if (( ${#missing[@]} )); then
         if [[ $(id -u) -eq 0 ]]; then
             echo "setup: installing Debian packages: ${missing[*]}"

@@ -1,0 +1,1 @@
+"""nsn2n-denoise application package (``python app -i IN -o OUT``)."""

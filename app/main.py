@@ -1,0 +1,54 @@
+"""``main(argv) -> exit code``: settings, logging, the Holoscan run, and the exit-code contract."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from nsn2n import ConfigError
+from operators.run_outcome import EXIT_CONFIG, RunError
+
+__all__ = ["main"]
+
+log = logging.getLogger("nsn2n.app")
+
+
+def _configure_logging() -> None:
+    """Plain timestamped lines on stderr (container logs); the SDK may add its own handlers later."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("nsn2n", "nsn2n.app"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    for noisy in ("fontTools", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the application; returns the process exit code (see ``operators/run_outcome.py``)."""
+    _configure_logging()
+    argv = list([sys.executable, *sys.argv] if argv is None else argv)
+    from app.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+    from app.application import NSN2NDenoiseApp
+
+    app = NSN2NDenoiseApp(argv, settings=settings)
+    try:
+        app.run()
+    except SystemExit as exc:  # argparse: bad command line (it has printed the usage)
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_CONFIG
+    except RunError as exc:
+        app.outcome.fatal = exc
+    except Exception as exc:
+        log.debug("unexpected error", exc_info=True)
+        app.outcome.fatal = RunError(f"internal error: {type(exc).__name__}: {exc}")
+    if app.outcome.fatal is not None:
+        app.outcome.rollback()
+        log.error("failed (exit code %d): %s", app.outcome.fatal.exit_code, app.outcome.fatal)
+    return app.outcome.exit_code

@@ -1,0 +1,140 @@
+"""Application settings: the ``denoise:`` section of app.yaml, overridden by ``NSN2N_*`` environment variables.
+
+One typed object, validated at start-up with a clear message naming the key. Algorithm parameters are the
+fields of :class:`nsn2n.DenoiseConfig` (defaults documented there); the application adds the keys below.
+Precedence: environment variable ``NSN2N_<KEY>`` > app.yaml ``denoise.<key>`` > default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nsn2n import ConfigError, DenoiseConfig
+from nsn2n.config import coerce_value
+
+__all__ = ["ENV_PREFIX", "AppSettings", "default_config_path", "load_settings"]
+
+ENV_PREFIX = "NSN2N_"
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything the application can be told.
+
+    Attributes:
+        algorithm: NS-N2N parameters (:class:`nsn2n.DenoiseConfig`).
+        series_description: SeriesDescription of the derived series (at most 64 characters).
+        series_number_offset: derived SeriesNumber = source SeriesNumber + this.
+        strict: ``True``: any series that cannot be processed fails the run and nothing is written;
+            ``False``: it is skipped with a warning and the others are written.
+        qa_report: write the QA report (DICOM Encapsulated PDF in the output, PNG montage in the workdir).
+        finetune_steps: with a saved model (``-m``): 0 = inference only, N = fine-tune N steps first.
+        save_model: save the trained model into the workdir for later ``-m`` runs.
+        modalities: modalities selected for denoising.
+    """
+
+    algorithm: DenoiseConfig = field(default_factory=DenoiseConfig)
+    series_description: str = "NS-N2N denoised (research use)"
+    series_number_offset: int = 1000
+    strict: bool = False
+    qa_report: bool = True
+    finetune_steps: int = 0
+    save_model: bool = True
+    modalities: tuple[str, ...] = ("CT", "MR")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.series_description, str) or not 0 < len(self.series_description) <= 64:
+            raise ConfigError("series_description: must be 1 to 64 characters (DICOM LO)")
+        if "\\" in self.series_description:
+            raise ConfigError("series_description: must not contain a backslash")
+        for name in ("series_number_offset", "finetune_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name}: must be an integer >= 0, got {value!r}")
+        for name in ("strict", "qa_report", "save_model"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+        if not self.modalities or not all(isinstance(m, str) and m.isalnum() for m in self.modalities):
+            raise ConfigError(f"modalities: must be a non-empty list of DICOM modality codes, got {self.modalities!r}")
+
+    @classmethod
+    def app_keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.name != "algorithm")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.app_keys()}
+        out["modalities"] = ",".join(self.modalities)
+        return out | self.algorithm.as_dict()
+
+
+def default_config_path() -> Path:
+    """``HOLOSCAN_CONFIG_PATH`` (set in the MAP) or the repository's app.yaml."""
+    env = os.environ.get("HOLOSCAN_CONFIG_PATH")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "app.yaml"
+
+
+def _read_section(path: Path) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    section = document.get("denoise", {}) if isinstance(document, dict) else None
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: the 'denoise' section must be a mapping of key: value")
+    return dict(section)
+
+
+def load_settings(config_path: Path | None = None, env: Mapping[str, str] | None = None) -> AppSettings:
+    """Read app.yaml's ``denoise:`` section, apply ``NSN2N_*`` overrides, validate.
+
+    Raises:
+        ConfigError: unknown key, wrong type or out-of-range value; the message names the key and where
+            it came from.
+    """
+    env = os.environ if env is None else env
+    path = config_path or default_config_path()
+    values: dict[str, tuple[Any, str]] = {}
+    if path.is_file():
+        values.update({k: (v, f"{path}: denoise.{k}") for k, v in _read_section(path).items()})
+    elif config_path is not None:
+        raise ConfigError(f"{path}: configuration file not found")
+    known = set(AppSettings.app_keys()) | set(DenoiseConfig.field_names())
+    for name, raw in env.items():
+        if name.startswith(ENV_PREFIX) and name != ENV_PREFIX:
+            values[name[len(ENV_PREFIX):].lower()] = (raw, f"environment variable {name}")
+    unknown = [f"{origin} (unknown key {key!r})" for key, (_, origin) in values.items() if key not in known]
+    if unknown:
+        raise ConfigError("; ".join(unknown) + f". Known keys: {', '.join(sorted(known))}")
+    try:
+        algorithm = DenoiseConfig.from_mapping(
+            {k: v for k, (v, _) in values.items() if k in DenoiseConfig.field_names()}
+        )
+        app_values = {k: _convert(k, v) for k, (v, _) in values.items() if k in AppSettings.app_keys()}
+        return AppSettings(algorithm=algorithm, **app_values)
+    except ConfigError as exc:
+        key = str(exc).split(":", 1)[0]
+        origin = values.get(key, (None, "default"))[1]
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def _convert(key: str, value: Any) -> Any:
+    hint = {f.name: f.type for f in dataclasses.fields(AppSettings)}[key]
+    if key == "modalities":
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        return tuple(str(v).upper() for v in value) if isinstance(value, list | tuple) else value
+    types_ = {"str": str, "int": int, "bool": bool}
+    return coerce_value(key, value, types_.get(hint, str))
