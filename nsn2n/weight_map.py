@@ -6,17 +6,24 @@ is explained by noise alone:
 
     L_k  = Median_m( Gauss_sigma( x_k ) )                     k in {i, i+1}, in-plane filters
     D_i  = L_i - L_{i+1}
-    s_i  = 1.4826 * median( | D_i - median(D_i) | )            robust noise scale of D_i (MAD)
+    s_i  = noise scale of D_i  (see below)
     W_i  = 1[ |D_i| <= k * s_i ]  and both pixels not padding
 
 Threshold rule (our decision, replacing the fixed tau = 0.015 of re-implementations, which does not
-transfer between CT windows, MR and dose levels): the threshold is ``k`` robust standard deviations of
-the pair's own low-pass residual. Most of a pair is matched anatomy, so the median absolute deviation
-of D_i measures the low-pass-filtered noise of that pair (robust to up to half the pixels being real
-changes) and adapts per pair to the noise level, including tube-current modulation along z. Pixels
-whose residual is exactly zero (noise-free padding or air outside the reconstruction circle) are left
-out of the scale estimate so they cannot drive it to zero. ``k = 3`` keeps 99.7 % of noise-only
-pixels (Gaussian residual) and rejects anatomy changes larger than three noise units.
+transfer between CT windows, MR and dose levels): the threshold is ``k`` standard deviations of the
+*noise* in the pair's low-pass residual, so it adapts to the noise level of each volume and pair.
+
+Estimating that noise scale is the crux. The median absolute deviation (MAD) of the whole residual is
+not enough: with thick slices anatomy changes everywhere a little, and on a real 5 mm thorax CT the MAD
+over-estimated the low-pass noise 3.5-fold (measured against the known injected noise), which let
+anatomy differences of ten noise units count as "matched" and blurred the result. We therefore use the
+*quietest tiles*: the residual is cut into 32x32 tiles, each tile's MAD is computed over its valid,
+non-zero pixels, and ``s_i`` is the 25th percentile of the tile MADs of the pair (tiles in homogeneous
+tissue, air or background, where the residual is noise only). Exactly-zero residuals (noise-free
+padding or air outside the reconstruction circle) are left out. With fewer than 4 usable tiles the
+pair's overall MAD is used. The per-pair scales are then smoothed with a running median over 5 pairs.
+``k = 3`` keeps about 99 % of noise-only pixels and rejects anatomy changes above about three noise
+units.
 
 Everything is vectorised torch (CPU or CUDA), processed in chunks of slices to bound memory.
 """
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["WeightMaps", "compute_weight_maps", "lowpass", "robust_scale"]
+__all__ = ["WeightMaps", "compute_weight_maps", "lowpass", "quiet_tile_scale", "robust_scale"]
 
 _MAD_TO_SIGMA = 1.4826
 
@@ -87,6 +94,33 @@ def robust_scale(diff: torch.Tensor, valid: torch.Tensor, max_samples: int = 1_0
     return _MAD_TO_SIGMA * (values - centre).abs().median()
 
 
+def quiet_tile_scale(
+    diff: torch.Tensor, valid: torch.Tensor, tile: int = 32, quantile: float = 0.25, min_tiles: int = 4
+) -> torch.Tensor:
+    """Noise scale of a residual from its quietest tiles (see the module docstring); 0-d tensor."""
+    h, w = (diff.shape[0] // tile) * tile, (diff.shape[1] // tile) * tile
+    usable = valid & (diff != 0)
+    if h == 0 or w == 0:
+        return robust_scale(diff, valid)
+    values = diff[:h, :w].reshape(h // tile, tile, w // tile, tile).permute(0, 2, 1, 3).reshape(-1, tile * tile)
+    keep = usable[:h, :w].reshape(h // tile, tile, w // tile, tile).permute(0, 2, 1, 3).reshape(-1, tile * tile)
+    full = keep.float().mean(dim=1) >= 0.5
+    if int(full.sum()) < min_tiles:
+        return robust_scale(diff, valid)
+    values = torch.where(keep, values, torch.full_like(values, float("nan")))[full]
+    centre = values.nanmedian(dim=1, keepdim=True).values
+    mads = _MAD_TO_SIGMA * (values - centre).abs().nanmedian(dim=1).values
+    return torch.quantile(mads, quantile)
+
+
+def _running_median(values: torch.Tensor, width: int = 5) -> torch.Tensor:
+    if values.numel() < 3:
+        return values
+    r = width // 2
+    padded = torch.cat([values[:1].repeat(r), values, values[-1:].repeat(r)])
+    return padded.unfold(0, 2 * r + 1, 1).median(dim=1).values
+
+
 def compute_weight_maps(
     volume: torch.Tensor,
     valid: torch.Tensor | None,
@@ -109,28 +143,15 @@ def compute_weight_maps(
     depth = volume.shape[0]
     if depth < 2:
         raise ValueError("weight maps need at least two slices")
-    weights = torch.zeros((depth - 1, *volume.shape[1:]), dtype=torch.bool, device=volume.device)
-    thresholds = torch.zeros(depth - 1, dtype=torch.float32, device=volume.device)
-    previous = None
-    matched = 0
-    total = 0
+    filtered = torch.empty_like(volume, dtype=torch.float32)
     for start in range(0, depth, chunk):
-        filtered = lowpass(volume[start : start + chunk], sigma, median_size)
-        if previous is not None:
-            filtered = torch.cat([previous, filtered], dim=0)
-            first = start - 1
-        else:
-            first = start
-        for j in range(filtered.shape[0] - 1):
-            i = first + j
-            diff = filtered[j] - filtered[j + 1]
-            pair_valid = valid[i] & valid[i + 1] if valid is not None else torch.ones_like(diff, dtype=torch.bool)
-            scale = robust_scale(diff, pair_valid)
-            tau = threshold_k * scale
-            w = (diff.abs() <= tau) & pair_valid
-            weights[i] = w
-            thresholds[i] = tau
-            matched += int(w.sum())
-            total += int(pair_valid.sum())
-        previous = filtered[-1:]
+        filtered[start : start + chunk] = lowpass(volume[start : start + chunk], sigma, median_size)
+    pair_valid = valid[:-1] & valid[1:] if valid is not None else torch.ones_like(filtered[:-1], dtype=torch.bool)
+    scales = torch.stack([quiet_tile_scale(filtered[i] - filtered[i + 1], pair_valid[i]) for i in range(depth - 1)])
+    thresholds = threshold_k * _running_median(scales)
+    weights = torch.empty((depth - 1, *volume.shape[1:]), dtype=torch.bool, device=volume.device)
+    for i in range(depth - 1):
+        weights[i] = ((filtered[i] - filtered[i + 1]).abs() <= thresholds[i]) & pair_valid[i]
+    matched = int(weights.sum())
+    total = int(pair_valid.sum())
     return WeightMaps(weights=weights, thresholds=thresholds, matched_fraction=matched / max(total, 1))
