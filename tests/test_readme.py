@@ -66,3 +66,11 @@ def test_readme_commands_exist_and_ci_runs_the_test_command():
     for script in ("scripts/demo.sh", "scripts/test.sh", "scripts/setup.sh"):
         assert (REPO / script).stat().st_mode & 0o111, f"{script} is not executable"
     assert "scripts/test.sh" in (REPO / ".ci" / "run").read_text()
+
+
+def test_readme_container_commands_are_the_documented_ones():
+    deploy = (REPO / "docs" / "deploy.md").read_text()
+    commands = [line.strip() for line in README.splitlines() if line.strip().startswith("docker ")]
+    assert commands, "README shows no docker command"
+    for command in commands:
+        assert command in deploy, f"README command not in docs/deploy.md (which the MAP tests check): {command}"
