@@ -50,7 +50,7 @@ class PairSampler:
         volume: (D, H, W) normalised float tensor (on the training device).
         weights: (D-1, H, W) bool weight maps, or ``None`` for plain neighbour Noise2Noise.
         valid: (D, H, W) bool, False for padding.
-        crop_size: crop side; clipped to the slice size.
+        crop_size: crop side; clipped to the shorter side of the slice (crops stay square).
         fill: normalised fill value of padding (foreground = differs from it).
         seed: seed of the sampling generator.
         target: optional (D, H, W) clean volume: then ``x_b`` is the clean version of ``x_a`` (the
@@ -72,7 +72,8 @@ class PairSampler:
         self.weights = weights
         self.valid = valid
         self.target = target
-        self.crop = (min(crop_size, volume.shape[1]), min(crop_size, volume.shape[2]))
+        side = min(crop_size, volume.shape[1], volume.shape[2])  # square: rot90 must keep the shape
+        self.crop = (side, side)
         self.foreground = valid & ((volume - fill).abs() > _FOREGROUND_LEVEL)
         self.rng = np.random.default_rng(seed)
         depth = volume.shape[0]

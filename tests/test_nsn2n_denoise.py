@@ -169,3 +169,10 @@ def test_cuda_requested_without_gpu_is_a_config_error(noisy_case):
     _, noisy = noisy_case
     with pytest.raises(ConfigError, match="cuda"):
         denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", TINY.replace(device="cuda"))
+
+
+def test_slices_narrower_than_the_crop_train_fine(noisy_case):
+    _, noisy = noisy_case
+    narrow = np.ascontiguousarray(noisy[:, :, :40])  # 48 x 40 slices, crop 64 > both sides
+    result = denoise_volume(narrow, (1.0, 0.7, 0.7), "CT", TINY.replace(max_steps=3, crop_size=64))
+    assert result.denoised.shape == narrow.shape
