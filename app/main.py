@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        log.error("configuration error: %s", exc)
+        log.error("failed (exit code %d): configuration error: %s", EXIT_CONFIG, exc)
         return EXIT_CONFIG
     from app.application import NSN2NDenoiseApp
 
