@@ -16,6 +16,7 @@ from pathlib import Path
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from dicom_series import SeriesError, load_series
+from dicom_series.reader import MIN_SLICES
 
 from .run_outcome import InputError, RunOutcome, SeriesJob
 
@@ -34,6 +35,34 @@ def _label(series) -> str:
     if description:
         parts.append(f"'{description}'")
     return " ".join(parts)
+
+
+def localizer_reason(datasets) -> str | None:
+    """Why a selected series is a localizer (scout) that is left out, or ``None`` to denoise it.
+
+    Design decision: nearly every CT/MR study holds localizer (scout, survey) series, so they are neither
+    denoised nor failures, in strict mode too: they are left out with a warning naming the reason. A
+    series is a localizer when its Image Type (0008,0008) contains ``LOCALIZER`` (PS3.3 C.8.2.1.1.1 CT,
+    C.8.3.1.1.1 MR), or when its instances hold fewer than ``MIN_SLICES`` (3) frames in total (NS-N2N
+    needs a slice and two neighbours). A multi-frame object is counted by its frames, so that an
+    enhanced multi-frame series reaches ``load_series`` and is rejected there with its own message.
+    If every selected series is left out, the run ends with exit code 3 and these reasons.
+    """
+    if not datasets:
+        return "no instances"
+    value = datasets[0].get("ImageType") or []
+    image_type = [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
+    if "LOCALIZER" in image_type:
+        return "localizer/scout (Image Type " + "\\".join(image_type) + ")"
+    frames = 0
+    for ds in datasets:
+        try:
+            frames += max(int(ds.get("NumberOfFrames") or 1), 1)
+        except (TypeError, ValueError):
+            frames += 1
+    if frames < MIN_SLICES:
+        return f"only {frames} slice(s); at least {MIN_SLICES} are needed for denoising (a localizer/scout?)"
+    return None
 
 
 class SeriesToVolumeOperator(Operator):
@@ -59,6 +88,7 @@ class SeriesToVolumeOperator(Operator):
 
     def convert(self, selected, studies) -> list[SeriesJob]:
         seen: set[str] = set()
+        left_out: list[str] = []
         for study_selection in selected:
             for selection in study_selection.selected_series:
                 series = selection.series
@@ -69,8 +99,15 @@ class SeriesToVolumeOperator(Operator):
                     (Path(ds.filename) if getattr(ds, "filename", None) else None, ds)
                     for ds in (sop.get_native_sop_instance() for sop in series.get_sop_instances())
                 ]
+                reason = localizer_reason([ds for _, ds in instances])
+                if reason is not None:
+                    log.warning("series %s (%s): not denoised: %s", series.SeriesInstanceUID, _label(series), reason)
+                    left_out.append(f"series {series.SeriesInstanceUID} ({_label(series)}): {reason}")
+                    continue
                 self.outcome.jobs.append(SeriesJob(series.SeriesInstanceUID, _label(series), instances))
         if not self.outcome.jobs:
+            if left_out:
+                raise InputError("no series to denoise: " + "; ".join(left_out))
             raise InputError(self._nothing_selected(studies))
         for job in self.outcome.jobs:
             t = time.monotonic()
