@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nsn2n import ConfigError
 from operators.run_outcome import EXIT_CONFIG, RunError
@@ -36,7 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("failed (exit code %d): configuration error: %s", EXIT_CONFIG, exc)
         return EXIT_CONFIG
-    from app.application import NSN2NDenoiseApp
+    from app.application import DEFAULT_WORKDIR, NSN2NDenoiseApp
+    from app.paths import check_paths
+
+    try:  # before the SDK parses (and creates) the folders, and before hours of training
+        check_paths(argv, default_workdir=Path.cwd() / DEFAULT_WORKDIR)
+    except RunError as exc:
+        log.error("failed (exit code %d): %s", exc.exit_code, exc)
+        return exc.exit_code
 
     app = NSN2NDenoiseApp(argv, settings=settings)
     try:
