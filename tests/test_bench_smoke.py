@@ -1,0 +1,154 @@
+"""Seconds-long CPU checks of the benchmark's metrics and noise simulation (no downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import baselines, noise
+from bench.data import body_mask_ct, mni_to_ct
+from bench.metrics import ct_metrics, mr_metrics, psnr, ssim_2d_mean, to_unit
+from bench.quality import _fmt, format_table, parse_args
+
+
+def _phantom(n: int = 64, slices: int = 4) -> np.ndarray:
+    """Water disc (0 HU) with a bone ellipse (1000 HU) and a fat blob (−100 HU) in air (−1000 HU)."""
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2.0
+    img = np.full((n, n), -1000.0, np.float32)
+    img[yy**2 + xx**2 <= (0.42 * n) ** 2] = 0.0
+    img[(yy / (0.12 * n)) ** 2 + ((xx - 0.15 * n) / (0.06 * n)) ** 2 <= 1] = 1000.0
+    img[(yy + 0.2 * n) ** 2 + xx**2 <= (0.08 * n) ** 2] = -100.0
+    return np.repeat(img[None], slices, axis=0)
+
+
+# --- metrics -----------------------------------------------------------------------------------------
+
+
+def test_psnr_of_a_known_offset_is_exact():
+    clean = np.zeros((3, 32, 32), np.float32)
+    m = ct_metrics(clean, clean + 40.95, np.ones(clean.shape, bool))  # 40.95 HU = 0.01 of [−1024, 3071]
+    assert m["psnr"] == pytest.approx(40.0, abs=1e-6)
+    assert m["psnr_body"] == pytest.approx(40.0, abs=1e-6)
+    w = ct_metrics(clean, clean + 4.0, np.ones(clean.shape, bool))  # 4 HU = 0.01 of the 400 HU window
+    assert w["psnr_w400"] == pytest.approx(40.0, abs=1e-6)
+    assert w["psnr"] == pytest.approx(20 * np.log10(4095 / 4.0), abs=1e-6)
+
+
+def test_data_range_is_never_inferred_from_the_dtype():
+    clean = np.zeros((2, 16, 16), np.int16)
+    test = clean + np.int16(41)
+    body = np.ones(clean.shape, bool)
+    as_int = ct_metrics(clean, test, body)["psnr"]
+    as_float = ct_metrics(clean.astype(np.float32), test.astype(np.float32), body)["psnr"]
+    assert as_int == pytest.approx(as_float)
+    assert as_int == pytest.approx(20 * np.log10(4095 / 41.0), abs=1e-6)  # not the +24 dB of range 65535
+
+
+def test_clipping_and_window_and_mask():
+    clean = np.full((2, 16, 16), 3071.0)
+    assert psnr(to_unit(clean, -1024, 3071), to_unit(clean + 900, -1024, 3071)) == float("inf")
+    air = np.full((2, 16, 16), -1000.0)
+    m = ct_metrics(air, air - 50.0, np.ones(air.shape, bool))
+    assert m["psnr_w400"] == float("inf")  # both below the window's lower edge
+    assert np.isfinite(m["psnr"])
+    mask = np.zeros(air.shape, bool)
+    mask[:, :4] = True
+    test = air.copy()
+    test[:, 8:] += 100.0  # error only outside the mask
+    assert psnr(air, test, mask) == float("inf")
+
+
+def test_ssim_wang_settings():
+    rng = np.random.default_rng(0)
+    clean = to_unit(_phantom(48, 2), -1024, 3071)
+    assert ssim_2d_mean(clean, clean) == pytest.approx(1.0)
+    noisy = clean + rng.normal(0, 0.02, clean.shape)
+    assert 0.2 < ssim_2d_mean(clean, noisy) < 0.99
+
+
+def test_mr_metrics_scale_with_the_reference():
+    rng = np.random.default_rng(1)
+    clean = rng.uniform(0, 200, (2, 24, 24))
+    noisy = clean + rng.normal(0, 5, clean.shape)
+    brain = np.ones(clean.shape, bool)
+    a = mr_metrics(clean, noisy, brain, ref_scale=200.0)
+    b = mr_metrics(2 * clean, 2 * noisy, brain, ref_scale=400.0)
+    assert a["psnr"] == pytest.approx(b["psnr"])
+    assert np.isnan(a["psnr_w400"])
+
+
+# --- noise simulation ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sino_noise() -> dict[float, np.ndarray]:
+    clean = _phantom()
+    return {i0: noise.sinogram_noise(clean, 1.0, i0, seed=3) for i0 in (1e4, 2.5e3)}
+
+
+def test_sinogram_noise_scales_as_inverse_sqrt_dose(sino_noise):
+    body = body_mask_ct(_phantom(), erode_px=2)
+    ratio = sino_noise[2.5e3][body].std() / sino_noise[1e4][body].std()
+    assert 1.7 < ratio < 2.3  # 4x fewer photons -> ~2x the noise
+
+
+def test_sinogram_noise_is_correlated_in_plane_and_independent_between_slices(sino_noise):
+    stats = noise.noise_stats(sino_noise[1e4], body_mask_ct(_phantom(), erode_px=2))
+    assert stats["lag1_inplane"] > 0.3  # Hann-filtered FBP: blotchy texture
+    assert abs(stats["lag1_slice"]) < 0.1
+
+
+def test_sinogram_noise_is_seeded_and_noise_only():
+    clean = _phantom(32, 2)
+    a = noise.sinogram_noise(clean, 1.0, 1e4, seed=5)
+    assert np.array_equal(a, noise.sinogram_noise(clean, 1.0, 1e4, seed=5))
+    assert not np.array_equal(a, noise.sinogram_noise(clean, 1.0, 1e4, seed=6))
+    # No projection round trip on the clean image: at a huge dose the noisy image equals the clean one.
+    near_clean = noise.add_sinogram_noise(clean, 1.0, 1e12, seed=5)
+    assert np.abs(near_clean - clean).max() < 1.0
+
+
+def test_rician_noise_background_mean():
+    clean = np.zeros((1, 64, 64))
+    noisy = noise.add_rician_noise(clean, 10.0, seed=0)
+    assert noisy.mean() == pytest.approx(10.0 * np.sqrt(np.pi / 2), rel=0.05)  # Rayleigh mean
+
+
+def test_flat_roi_sigma_and_psd_on_white_noise():
+    rng = np.random.default_rng(2)
+    noisy = 100.0 + rng.normal(0, 20.0, (4, 64, 64))
+    mask = np.ones(noisy.shape, bool)
+    assert noise.estimate_sigma_flat_roi(noisy, mask) == pytest.approx(20.0, rel=0.1)
+    psd = baselines.estimate_noise_psd(noisy, "CT")  # object mask: everything above −500
+    assert psd.shape == noisy.shape
+    assert psd.mean() / psd.size == pytest.approx(400.0, rel=0.2)  # BM4D convention: mean = N·σ²
+
+
+def test_mni_to_ct_mapping_ranges():
+    t1 = np.zeros((20, 60, 60), np.float32)
+    t1[5:15, 20:40, 20:40] = 200.0
+    gm = np.zeros_like(t1)
+    wm = np.zeros_like(t1)
+    gm[5:15, 20:40, 20:40] = 1.0
+    hu = mni_to_ct(t1, gm, wm)
+    assert hu.min() >= -1000.5 and hu.max() <= 1000.5
+    assert hu[10, 30, 30] == pytest.approx(40.0, abs=1.0)  # grey matter
+    assert hu[10, 30, 18] > 500  # skull shell right outside the brain
+    assert hu[10, 30, 11] == pytest.approx(30.0, abs=5.0)  # scalp (8-9 mm out)
+    assert hu[10, 30, 2] == pytest.approx(-1000.0, abs=1.0)  # air
+
+
+# --- report formatting ---------------------------------------------------------------------------------
+
+
+def test_table_formatting_and_argument_checks():
+    assert _fmt([float("nan")], 2) == "–"
+    assert _fmt([1.0, 3.0], 1) == "2.0 ± 1.4"
+    row = {"psnr": 40.0, "ssim": 0.9, "psnr_w400": float("nan"), "ssim_w400": float("nan"),
+           "psnr_body": 39.0, "seconds": 1.5, "device": "cpu"}
+    lines = format_table({"a": [row], "b": []}, {"b": "skipped: x"})
+    assert lines[2] == "| a | 40.00 | 0.9000 | – | – | 39.00 | 1.5 | cpu |"
+    assert "skipped: x" in lines[3]
+    with pytest.raises(SystemExit):
+        parse_args(["--volumes", "nope"])
+    assert parse_args(["--steps", "10,20", "--set", "unet_width=16"]).steps == [10, 20]
