@@ -26,6 +26,12 @@ def _configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _one_line(exc: BaseException) -> str:
+    """The failure message as one line: hosts grep the last log line, and a message from a third-party
+    exception (pydicom, torch, OS) may hold newlines."""
+    return " ".join(str(exc).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the application; returns the process exit code (see ``operators/run_outcome.py``)."""
     _configure_logging()
@@ -35,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        log.error("failed (exit code %d): configuration error: %s", EXIT_CONFIG, exc)
+        log.error("failed (exit code %d): configuration error: %s", EXIT_CONFIG, _one_line(exc))
         return EXIT_CONFIG
     from app.application import DEFAULT_WORKDIR, NSN2NDenoiseApp
     from app.paths import check_paths
@@ -43,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # before the SDK parses (and creates) the folders, and before hours of training
         check_paths(argv, default_workdir=Path.cwd() / DEFAULT_WORKDIR)
     except RunError as exc:
-        log.error("failed (exit code %d): %s", exc.exit_code, exc)
+        log.error("failed (exit code %d): %s", exc.exit_code, _one_line(exc))
         return exc.exit_code
 
     app = NSN2NDenoiseApp(argv, settings=settings)
@@ -58,5 +64,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.outcome.fatal = RunError(f"internal error: {type(exc).__name__}: {exc}")
     if app.outcome.fatal is not None:
         app.outcome.rollback()
-        log.error("failed (exit code %d): %s", app.outcome.fatal.exit_code, app.outcome.fatal)
+        log.error("failed (exit code %d): %s", app.outcome.fatal.exit_code, _one_line(app.outcome.fatal))
     return app.outcome.exit_code
