@@ -113,8 +113,8 @@ class SeriesToVolumeOperator(Operator):
             t = time.monotonic()
             try:
                 job.source = load_series(job.instances)
-            except SeriesError as exc:
-                self.outcome.fail_series(job, str(exc))
+            except SeriesError as exc:  # its str() repeats "Series <uid>: ", which every message here names
+                self.outcome.fail_series(job, f"{exc.filename}: {exc.reason}" if exc.filename else exc.reason)
                 continue
             job.timings["load"] = time.monotonic() - t
             for warning in job.source.warnings:
