@@ -189,7 +189,7 @@ def _prepare(volume: np.ndarray, padding_mask: np.ndarray | None, modality: str,
 def _weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseConfig) -> WeightMaps:
     return compute_weight_maps(
         normalised, valid, sigma=config.lowpass_sigma_px, median_size=config.median_size,
-        threshold_k=config.threshold_k,
+        threshold_k=config.threshold_k, range_k=config.guide_range_k,
     )
 
 

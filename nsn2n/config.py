@@ -48,7 +48,8 @@ class DenoiseConfig:
             ablation the benchmark compares against.
 
     Weight map (see :mod:`nsn2n.weight_map`)
-        lowpass_sigma_px: in-plane Gaussian sigma (pixels) of the low-pass filter.
+        lowpass_sigma_px: spatial sigma (pixels) of the edge-preserving (bilateral) low-pass guide.
+        guide_range_k: range sigma of the bilateral guide, in units of the pixel noise sigma.
         median_size: side of the median filter applied after the Gaussian (odd, 1 = none).
         threshold_k: a pixel is matched when the low-pass residual is within ``threshold_k`` robust
             standard deviations of the residual's noise (threshold adapts to the noise level).
@@ -83,6 +84,7 @@ class DenoiseConfig:
     use_weight_map: bool = True
 
     lowpass_sigma_px: float = 2.0
+    guide_range_k: float = 2.0
     median_size: int = 5
     threshold_k: float = 3.0
 
@@ -105,7 +107,7 @@ class DenoiseConfig:
         _positive_int(self, "max_steps", "batch_size", "unet_width", "unet_depth", "inference_batch")
         if self.crop_size < 16:
             raise ConfigError(f"crop_size: must be >= 16 pixels, got {self.crop_size}")
-        _positive_float(self, "learning_rate", "lowpass_sigma_px", "threshold_k", "log_every_s",
+        _positive_float(self, "learning_rate", "lowpass_sigma_px", "guide_range_k", "threshold_k", "log_every_s",
                         "max_slice_gap_mm")
         _non_negative_float(self, "weight_decay", "lambda_rc", "lambda_ic")
         if self.time_budget_s is not None and (not math.isfinite(self.time_budget_s) or self.time_budget_s < 0):

@@ -4,7 +4,7 @@ NS-N2N uses slice i+1 as a Noise2Noise target for slice i only in *matched* regi
 matched when the two slices agree after strong low-pass filtering, i.e. when their difference there
 is explained by noise alone:
 
-    L_k  = Median_m( Gauss_sigma( x_k ) )                     k in {i, i+1}, in-plane filters
+    L_k  = Median_m( Bilateral_{sigma, r * sigma_n}( x_k ) )    k in {i, i+1}, in-plane filters
     D_i  = L_i - L_{i+1}
     s_i  = noise scale of D_i  (see below)
     W_i  = 1[ |D_i| <= k * s_i ]  and both pixels not padding
@@ -13,7 +13,17 @@ Threshold rule (our decision, replacing the fixed tau = 0.015 of re-implementati
 transfer between CT windows, MR and dose levels): the threshold is ``k`` standard deviations of the
 *noise* in the pair's low-pass residual, so it adapts to the noise level of each volume and pair.
 
-Estimating that noise scale is the crux. The median absolute deviation (MAD) of the whole residual is
+The low-pass guide is edge-preserving (the paper's guide is NLM + median; re-implementations found a
+bilateral + median guide as good and far cheaper): a bilateral filter whose spatial sigma is
+``lowpass_sigma_px`` and whose range sigma is ``guide_range_k`` times the pixel noise sigma_n, followed by
+a median. A Gaussian guide smears a sharp edge that moved by a pixel or less into a small low-pass
+difference that passes the threshold, and the network then learns to blur every high-contrast edge
+(air/tissue in CT: on a synthetic CT with edges moving about a pixel between slices the RMSE went from
+35 HU to 50 HU with a Gaussian guide and to 24 HU with the bilateral guide, same training). sigma_n is
+the quiet-tile MAD (below) of the raw neighbouring-slice differences divided by sqrt(2), the median over
+the volume's pairs.
+
+Estimating the noise scale of the residual is the crux. The median absolute deviation (MAD) of the whole residual is
 not enough: with thick slices anatomy changes everywhere a little, and on a real 5 mm thorax CT the MAD
 over-estimated the low-pass noise 3.5-fold (measured against the known injected noise), which let
 anatomy differences of ten noise units count as "matched" and blurred the result. We therefore use the
@@ -36,7 +46,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["WeightMaps", "compute_weight_maps", "lowpass", "quiet_tile_scale", "robust_scale"]
+__all__ = [
+    "WeightMaps",
+    "bilateral",
+    "compute_weight_maps",
+    "guide_filter",
+    "pixel_noise_sigma",
+    "quiet_tile_scale",
+    "robust_scale",
+]
 
 _MAD_TO_SIGMA = 1.4826
 
@@ -56,28 +74,50 @@ class WeightMaps:
     matched_fraction: float
 
 
-def gaussian_kernel1d(sigma: float, device: torch.device) -> torch.Tensor:
-    radius = max(1, math.ceil(3.0 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    return kernel / kernel.sum()
+def _median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) -> (N, H, W) ``size`` x ``size`` median with reflected borders."""
+    if size <= 1:
+        return x
+    m = size // 2
+    patches = F.unfold(F.pad(x.unsqueeze(1), (m, m, m, m), mode="reflect"), kernel_size=size)
+    return patches.median(dim=1).values.view_as(x)
 
 
-def lowpass(slices: torch.Tensor, sigma: float, median_size: int) -> torch.Tensor:
-    """Separable Gaussian then ``median_size`` x ``median_size`` median, per slice; (N, H, W) -> (N, H, W).
+def bilateral(slices: torch.Tensor, sigma_s: float, sigma_r: float, max_elements: int = 48_000_000) -> torch.Tensor:
+    """Bilateral filter per slice, (N, H, W) -> (N, H, W) float32; window radius ``ceil(2 * sigma_s)``.
 
-    Borders are reflected so edges are not darkened.
+    Processed a few slices at a time so that the unfolded window stays below ``max_elements`` floats.
     """
-    x = slices.unsqueeze(1).float()
-    k = gaussian_kernel1d(sigma, x.device)
-    r = k.numel() // 2
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
-    if median_size > 1:
-        m = median_size // 2
-        patches = F.unfold(F.pad(x, (m, m, m, m), mode="reflect"), kernel_size=median_size)
-        x = patches.median(dim=1).values.view_as(x[:, 0]).unsqueeze(1)
-    return x[:, 0]
+    r = max(1, math.ceil(2.0 * sigma_s))
+    offsets = torch.arange(-r, r + 1, dtype=torch.float32, device=slices.device)
+    yy, xx = torch.meshgrid(offsets, offsets, indexing="ij")
+    spatial = torch.exp(-(yy**2 + xx**2) / (2.0 * sigma_s**2)).reshape(1, -1, 1)
+    inv_two_var = 1.0 / (2.0 * max(float(sigma_r), 1e-12) ** 2)
+    n, h, w = slices.shape
+    out = torch.empty((n, h, w), dtype=torch.float32, device=slices.device)
+    chunk = max(1, max_elements // ((2 * r + 1) ** 2 * h * w))
+    for start in range(0, n, chunk):
+        x = slices[start : start + chunk].unsqueeze(1).float()
+        patches = F.unfold(F.pad(x, (r, r, r, r), mode="reflect"), kernel_size=2 * r + 1)
+        weights = spatial * torch.exp(-((patches - x.reshape(x.shape[0], 1, h * w)) ** 2) * inv_two_var)
+        out[start : start + chunk] = ((weights * patches).sum(1) / weights.sum(1)).view(-1, h, w)
+    return out
+
+
+def guide_filter(slices: torch.Tensor, sigma_s: float, sigma_r: float, median_size: int) -> torch.Tensor:
+    """The weight map's edge-preserving low-pass: bilateral, then median (see the module docstring)."""
+    return _median_filter(bilateral(slices, sigma_s, sigma_r), median_size)
+
+
+def pixel_noise_sigma(volume: torch.Tensor, valid: torch.Tensor | None, max_pairs: int = 32) -> float:
+    """Pixel noise sigma from raw neighbouring-slice differences (quiet tiles, / sqrt 2), median over pairs."""
+    depth = volume.shape[0]
+    pairs = torch.linspace(0, depth - 2, min(max_pairs, depth - 1)).round().long().unique().tolist()
+    scales = []
+    for i in pairs:
+        pair_valid = valid[i] & valid[i + 1] if valid is not None else torch.ones_like(volume[i], dtype=torch.bool)
+        scales.append(quiet_tile_scale(volume[i].float() - volume[i + 1].float(), pair_valid))
+    return float(torch.stack(scales).median()) / math.sqrt(2.0)
 
 
 def robust_scale(diff: torch.Tensor, valid: torch.Tensor, max_samples: int = 1_000_000) -> torch.Tensor:
@@ -95,9 +135,13 @@ def robust_scale(diff: torch.Tensor, valid: torch.Tensor, max_samples: int = 1_0
 
 
 def quiet_tile_scale(
-    diff: torch.Tensor, valid: torch.Tensor, tile: int = 32, quantile: float = 0.25, min_tiles: int = 4
+    diff: torch.Tensor, valid: torch.Tensor, tile: int | None = None, quantile: float = 0.25, min_tiles: int = 4
 ) -> torch.Tensor:
-    """Noise scale of a residual from its quietest tiles (see the module docstring); 0-d tensor."""
+    """Noise scale of a residual from its quietest tiles (see the module docstring); 0-d tensor.
+
+    ``tile`` defaults to 32 pixels, 16 for slices under 128 pixels on a side.
+    """
+    tile = tile or (32 if min(diff.shape) >= 128 else 16)
     h, w = (diff.shape[0] // tile) * tile, (diff.shape[1] // tile) * tile
     usable = valid & (diff != 0)
     if h == 0 or w == 0:
@@ -128,6 +172,7 @@ def compute_weight_maps(
     sigma: float,
     median_size: int,
     threshold_k: float,
+    range_k: float = 2.0,
     chunk: int = 16,
 ) -> WeightMaps:
     """Weight maps for every neighbouring pair of ``volume`` (D, H, W), normalised intensities.
@@ -135,17 +180,19 @@ def compute_weight_maps(
     Args:
         volume: (D, H, W) float tensor, D >= 2.
         valid: (D, H, W) bool tensor, False for padding; ``None`` = all valid.
-        sigma: in-plane Gaussian sigma in pixels.
+        sigma: spatial sigma of the bilateral guide, pixels.
         median_size: odd median filter size (1 = none).
+        range_k: range sigma of the bilateral guide in units of the pixel noise sigma.
         threshold_k: threshold in robust standard deviations of each pair's low-pass residual.
-        chunk: slices filtered at once (memory bound: about ``chunk * median_size**2 * H * W`` floats).
+        chunk: slices filtered at once (the bilateral filter further bounds its own memory).
     """
     depth = volume.shape[0]
     if depth < 2:
         raise ValueError("weight maps need at least two slices")
+    sigma_r = range_k * pixel_noise_sigma(volume, valid)
     filtered = torch.empty_like(volume, dtype=torch.float32)
     for start in range(0, depth, chunk):
-        filtered[start : start + chunk] = lowpass(volume[start : start + chunk], sigma, median_size)
+        filtered[start : start + chunk] = guide_filter(volume[start : start + chunk], sigma, sigma_r, median_size)
     pair_valid = valid[:-1] & valid[1:] if valid is not None else torch.ones_like(filtered[:-1], dtype=torch.bool)
     scales = torch.stack([quiet_tile_scale(filtered[i] - filtered[i + 1], pair_valid[i]) for i in range(depth - 1)])
     thresholds = threshold_k * _running_median(scales)

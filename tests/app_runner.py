@@ -23,6 +23,7 @@ FAST_ENV = {
     "NSN2N_UNET_WIDTH": "8",
     "NSN2N_UNET_DEPTH": "2",
     "NSN2N_LEARNING_RATE": "0.003",
+    "NSN2N_NUM_THREADS": "1",
     "NSN2N_DEVICE": "cpu",
     "NSN2N_LOG_EVERY_S": "1",
 }
