@@ -42,7 +42,8 @@ def _defaults() -> dict[str, object]:
 def test_every_parameter_is_documented_with_its_default():
     table = _table()
     defaults = _defaults()
-    assert set(table) == set(defaults), f"undocumented: {set(defaults) - set(table)}, stale: {set(table) - set(defaults)}"
+    missing, stale = set(defaults) - set(table), set(table) - set(defaults)
+    assert not missing and not stale, f"undocumented: {missing}, stale: {stale}"
     for key, value in defaults.items():
         assert table[key][0] == _fmt(value), f"{key}: README says {table[key][0]!r}, code says {_fmt(value)!r}"
 
