@@ -17,6 +17,7 @@ from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 from monai.deploy.operators import DICOMSeriesSelectorOperator
 
+from app.paths import DEFAULT_WORKDIR
 from app.settings import AppSettings, load_settings
 from operators.derived_series_writer_operator import DerivedSeriesWriterOperator
 from operators.dicom_loader_operator import StudyLoaderOperator
@@ -27,8 +28,6 @@ from operators.series_to_volume_operator import SeriesToVolumeOperator
 __all__ = ["NSN2NDenoiseApp", "selection_rules"]
 
 log = logging.getLogger("nsn2n.app")
-
-DEFAULT_WORKDIR = "nsn2n-work"
 
 
 def selection_rules(modalities: tuple[str, ...]) -> str:

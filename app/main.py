@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from nsn2n import ConfigError
 from operators.run_outcome import EXIT_CONFIG, RunError
@@ -43,14 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("failed (exit code %d): configuration error: %s", EXIT_CONFIG, _one_line(exc))
         return EXIT_CONFIG
-    from app.application import DEFAULT_WORKDIR, NSN2NDenoiseApp
     from app.paths import check_paths
 
-    try:  # before the SDK parses (and creates) the folders, and before hours of training
-        check_paths(argv, default_workdir=Path.cwd() / DEFAULT_WORKDIR)
+    try:  # before the SDK parses (and creates) the folders, before importing Holoscan, before any training
+        check_paths(argv)
     except RunError as exc:
         log.error("failed (exit code %d): %s", exc.exit_code, _one_line(exc))
         return exc.exit_code
+    from app.application import NSN2NDenoiseApp
 
     app = NSN2NDenoiseApp(argv, settings=settings)
     try:

@@ -20,7 +20,10 @@ from pathlib import Path
 
 from operators.run_outcome import InputError, OutputError
 
-__all__ = ["check_paths", "check_writable_folder", "resolve_paths"]
+__all__ = ["DEFAULT_WORKDIR", "check_paths", "check_writable_folder", "resolve_paths"]
+
+#: Work folder (under the current folder) when neither ``-w`` nor ``HOLOSCAN_WORKDIR`` is given.
+DEFAULT_WORKDIR = "nsn2n-work"
 
 
 class _Unparsable(Exception):
@@ -47,7 +50,7 @@ def resolve_paths(argv: Sequence[str], env: Mapping[str, str] | None = None,
         return None
     input_path = args.input or env.get("HOLOSCAN_INPUT_PATH") or "input"
     output_path = args.output or env.get("HOLOSCAN_OUTPUT_PATH") or "output"
-    workdir = args.workdir or env.get("HOLOSCAN_WORKDIR") or default_workdir or Path.cwd()
+    workdir = args.workdir or env.get("HOLOSCAN_WORKDIR") or default_workdir or Path.cwd() / DEFAULT_WORKDIR
     return Path(input_path).absolute(), Path(output_path).absolute(), Path(workdir).absolute()
 
 
