@@ -182,6 +182,16 @@ def machine() -> str:
             f"{mem_kib / 2**20:.1f} GiB RAM; Linux {platform.release()}; Python {platform.python_version()}")
 
 
+def code_version() -> str:
+    """``git describe`` of the repository (with ``-dirty`` for local changes), or "unknown"."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
+                             check=False, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return out or "unknown"
+
+
 def gib(kib: float) -> str:
     return f"{kib / 2**20:.2f} GiB"
 
@@ -192,6 +202,7 @@ def report(args: argparse.Namespace, env: dict[str, str], series_bytes: int, tra
         f"# Memory and time per stage: {args.slices} x {args.size} x {args.size} int16 CT",
         "",
         f"- Machine: {machine()}",
+        f"- Code: git {code_version()}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; command: `python -m bench.memory "
         f"{' '.join(args.argv)}`".rstrip() + "",
         f"- Input: {args.slices} files, {series_bytes / 2**20:.0f} MiB on disk "
