@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import stat
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -366,7 +367,9 @@ def source_slices(input_dir: Path) -> Counter[str]:
     for path in input_dir.rglob("*"):
         if path.is_file():
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                with warnings.catch_warnings():  # the garbage header of build_non_dicom's fake.dcm
+                    warnings.simplefilter("ignore")
+                    ds = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception:
                 continue
             if "SeriesInstanceUID" in ds:
