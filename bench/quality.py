@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import os
 import platform
@@ -99,11 +100,21 @@ def _git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "bench", "nsn2n"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return sha + (" (+ uncommitted changes in bench/ or nsn2n/)" if dirty else "")
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "bench", "nsn2n"],
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        return sha + (" (+ uncommitted changes to tracked files in bench/ or nsn2n/)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def nsn2n_source_digest() -> str:
+    """sha256 (12 hex) of the imported nsn2n package's .py files: identifies the exact core that ran."""
+    import nsn2n
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(nsn2n.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def resolve_device(requested: str) -> str:
@@ -131,7 +142,8 @@ def machine_header(argv: list[str], device: str, overrides: dict[str, str]) -> l
     import nsn2n
 
     changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none (defaults)"
-    lines.append(f"- nsn2n {nsn2n.__version__}; DenoiseConfig overrides besides the steps: {changed}")
+    lines.append(f"- nsn2n {nsn2n.__version__} (sources sha256 {nsn2n_source_digest()}); DenoiseConfig "
+                 f"overrides besides the steps: {changed}")
     return lines
 
 
