@@ -193,6 +193,13 @@ def _weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseC
     )
 
 
+def clip_residual(noisy: np.ndarray, denoised: np.ndarray, limit: float) -> np.ndarray:
+    """``noisy - clip(noisy - denoised, -limit, limit)``: no pixel moves by more than ``limit`` (in place)."""
+    residual = np.subtract(noisy, denoised, out=denoised)
+    np.clip(residual, -limit, limit, out=residual)
+    return np.subtract(noisy, residual, out=residual)
+
+
 def _seed(config: DenoiseConfig) -> None:
     torch.manual_seed(config.seed)
     if config.num_threads:
@@ -291,6 +298,10 @@ def denoise_volume(
         self_ensemble=config.self_ensemble, mixed_precision=config.mixed_precision,
         log_every_s=config.log_every_s,
     )
+    clip = None
+    if config.residual_clip_k is not None and np.isfinite(maps.pixel_sigma) and maps.pixel_sigma > 0:
+        clip = config.residual_clip_k * maps.pixel_sigma
+        out_norm = clip_residual(normalised, out_norm, clip)
     denoised = _finish(normalizer, out_norm, volume, valid_np, modality)
     timings["inference_s"] = time.monotonic() - t
     noise_after = paired_slice_noise_sigma(denoised, maps.weights, valid_np)
@@ -317,7 +328,9 @@ def denoise_volume(
         "weight_map": {
             "matched_fraction": maps.matched_fraction,
             "threshold_median": float(maps.thresholds.median()) * normalizer.scale,
+            "pixel_noise_sigma": maps.pixel_sigma * normalizer.scale,
         },
+        "residual_clip": None if clip is None else clip * normalizer.scale,
         "training": _stats_dict(stats),
         "model": {"loaded_from": initial_model.info.get("loaded_from") if initial_model else None,
                   "finetune_steps": finetune_steps if initial_model else None},

@@ -67,11 +67,13 @@ class WeightMaps:
         weights: bool tensor (D-1, H, W); ``weights[i]`` is W_i for the pair (i, i+1).
         thresholds: float tensor (D-1,), the threshold used for each pair (network units).
         matched_fraction: fraction of valid pixels marked matched, over all pairs.
+        pixel_sigma: pixel noise sigma (network units) used for the guide's range kernel.
     """
 
     weights: torch.Tensor
     thresholds: torch.Tensor
     matched_fraction: float
+    pixel_sigma: float = float("nan")
 
 
 def _median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -189,7 +191,8 @@ def compute_weight_maps(
     depth = volume.shape[0]
     if depth < 2:
         raise ValueError("weight maps need at least two slices")
-    sigma_r = range_k * pixel_noise_sigma(volume, valid)
+    pixel_sigma = pixel_noise_sigma(volume, valid)
+    sigma_r = range_k * pixel_sigma
     filtered = torch.empty_like(volume, dtype=torch.float32)
     for start in range(0, depth, chunk):
         filtered[start : start + chunk] = guide_filter(volume[start : start + chunk], sigma, sigma_r, median_size)
@@ -201,4 +204,5 @@ def compute_weight_maps(
         weights[i] = ((filtered[i] - filtered[i + 1]).abs() <= thresholds[i]) & pair_valid[i]
     matched = int(weights.sum())
     total = int(pair_valid.sum())
-    return WeightMaps(weights=weights, thresholds=thresholds, matched_fraction=matched / max(total, 1))
+    return WeightMaps(weights=weights, thresholds=thresholds, matched_fraction=matched / max(total, 1),
+                      pixel_sigma=pixel_sigma)

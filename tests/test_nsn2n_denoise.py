@@ -176,3 +176,14 @@ def test_slices_narrower_than_the_crop_train_fine(noisy_case):
     narrow = np.ascontiguousarray(noisy[:, :, :40])  # 48 x 40 slices, crop 64 > both sides
     result = denoise_volume(narrow, (1.0, 0.7, 0.7), "CT", TINY.replace(max_steps=3, crop_size=64))
     assert result.denoised.shape == narrow.shape
+
+
+def test_residual_clip_bounds_every_change(noisy_case, tiny_result):
+    _, noisy = noisy_case
+    limit = tiny_result.report["residual_clip"]
+    sigma = tiny_result.report["weight_map"]["pixel_noise_sigma"]
+    assert limit == pytest.approx(TINY.residual_clip_k * sigma)
+    assert 25 < sigma < 60  # injected: 40 HU, in-plane correlated
+    assert np.abs(tiny_result.denoised - noisy).max() <= limit + 1e-3
+    unclipped = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", TINY.replace(residual_clip_k=None, max_steps=30))
+    assert unclipped.report["residual_clip"] is None
