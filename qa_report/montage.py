@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .files import atomic_write_bytes
 from .windows import describe_difference_window, describe_window, difference_window, display_window
 
 __all__ = [
@@ -283,19 +283,5 @@ def save_montage(
     caller can pass them on to :func:`qa_report.pdf.render_report_pdf` without rendering twice.
     """
     png = render_montage(before, after, modality, **kwargs)
-    _atomic_write_bytes(Path(path), png)
+    atomic_write_bytes(Path(path), png)
     return png
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

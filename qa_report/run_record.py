@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
+
+from .files import atomic_write_bytes
 
 __all__ = [
     "SCHEMA_PATH",
@@ -172,17 +173,7 @@ def write_run_record(path: str | os.PathLike[str], record: Mapping[str, Any], *,
     if validate:
         validate_run_record(data)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, text.encode("utf-8"))
     return target
 
 

@@ -6,7 +6,6 @@ No Docker engine is needed (none exists on the development machines): the Docker
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -15,25 +14,15 @@ import subprocess
 import sys
 from functools import cache
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.map_support import generator
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 TOOLS = REPO / "map" / "tools.sh"
-
-
-@cache
-def generator() -> ModuleType:
-    """Import ``map/generate_manifests.py`` (the Dockerfile parser lives there)."""
-    spec = importlib.util.spec_from_file_location("map_generate_manifests", REPO / "map" / "generate_manifests.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @cache

@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.map_support import generator
+
 REPO = Path(__file__).resolve().parent.parent
 APP_JSON = REPO / "map" / "app.json"
 PKG_JSON = REPO / "map" / "pkg.json"
-
-
-@cache
-def generator() -> ModuleType:
-    """Import ``map/generate_manifests.py``."""
-    spec = importlib.util.spec_from_file_location("map_generate_manifests", REPO / "map" / "generate_manifests.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
