@@ -359,7 +359,11 @@ def fit_supervised_oracle(
     modality: str = "CT",
     config: DenoiseConfig | None = None,
 ) -> DenoiseResult:
-    """The benchmark's ceiling: the same network and budget trained with the clean volume as target."""
+    """The benchmark's ceiling: the same network and budget trained with the clean volume as target.
+
+    No residual clip is applied: the clip is a safeguard for the self-supervised model, and the ceiling
+    should show what the network can do when it is told the truth.
+    """
     config = config or DenoiseConfig()
     modality = modality.upper()
     spacing3, _ = _check_spacing(spacing, config)
