@@ -101,6 +101,8 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str:
+    if os.environ.get("BENCH_GIT_COMMIT"):  # a copy of the tree without .git (e.g. on a lent GPU machine)
+        return os.environ["BENCH_GIT_COMMIT"] + " (from BENCH_GIT_COMMIT)"
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -109,6 +111,13 @@ def _git_commit() -> str:
         return sha + (" (+ uncommitted changes to tracked files in bench/ or nsn2n/)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _version(module: str) -> str:
+    try:
+        return str(__import__(module).__version__)
+    except Exception:  # a missing or odd package must not stop the benchmark
+        return "?"
 
 
 def nsn2n_source_digest() -> str:
@@ -138,7 +147,8 @@ def machine_header(argv: list[str], device: str, overrides: dict[str, str]) -> l
     lines = [
         f"- machine: {_cpu_model()}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}), "
         f"GPU: {gpu}",
-        f"- software: Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}; "
+        f"- software: Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"scikit-image {_version('skimage')}, scipy {_version('scipy')}; "
         f"device requested for learned methods: {device}",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}, git commit: {_git_commit()}",
         f"- command: `{('python -m bench.quality ' + shlex.join(argv)).strip()}`",

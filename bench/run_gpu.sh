@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Full-size quality benchmark on a GPU machine, inside a wall-clock deadline.
+#
+#   bench/run_gpu.sh OUT_DIR [DEADLINE_S]
+#
+# 1. simulates the noisy full-size volumes once (16 processes),
+# 2. runs the learned methods on the GPU, alone, so that their seconds are honest
+#    (main.md / main.log): lung1 first, then the thin-slice CT stand-in, then MR,
+# 3. meanwhile runs the CPU baselines (NLM-3D, then BM4D when installed) in other processes
+#    (cpu.md, bm4d.md, cpu.log),
+# 4. with the GPU time left: an NS-N2N step curve on lung1 (variants.md / variants.log).
+# Whatever is still running at the deadline is stopped; every table written so far stays.
+# Needs: python3 with torch (CUDA), numpy, scipy, scikit-image, nibabel, pynrrd, and the source
+# files in bench/.cache (lung1_image.nrrd, the three MNI .nii.gz).
+set -u
+out=${1:?usage: bench/run_gpu.sh OUT_DIR [DEADLINE_S]}
+deadline=$((SECONDS + ${2:-560}))
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+left() { echo $((deadline - SECONDS)); }
+preset=${BENCH_PRESET_FLAG:---full}  # --quick for a dry run of this script on a laptop
+gpu=${BENCH_GPU_DEVICE:-cuda}
+bench() {
+  local t
+  t=$(left)
+  [ "$t" -gt 10 ] || { echo "skipped (deadline): $*" >&2; return 124; }
+  timeout --signal=TERM --kill-after=5 "$t" "$py" -m bench.quality "$preset" "$@"
+}
+
+{
+  date -u
+  nvidia-smi -L || true
+  "$py" -c 'import torch, numpy, scipy, skimage; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "numpy", numpy.__version__, "scipy",
+scipy.__version__, "skimage", skimage.__version__)'
+  echo "== noise simulation"
+} >"$out/setup.log" 2>&1
+bench --methods noisy --workers 16 >>"$out/setup.log" 2>&1
+echo "noise done at ${SECONDS}s" >>"$out/setup.log"
+
+# CPU baselines in their own processes (they use no GPU).
+( bench --device cpu --methods nlm3d >"$out/cpu.md" 2>>"$out/cpu.log" ) &
+( bench --device cpu --methods bm4d --volumes lung1-i1e4,lung1-i5e3 >"$out/bm4d.md" 2>>"$out/cpu.log" ) &
+
+# Learned methods on the GPU, most important volume first.
+bench --device "$gpu" --methods noisy,nsn2n,nomask,zsn2n,oracle \
+  --volumes lung1-i1e4,lung1-i5e3,mni-ct-i1e4,mni-r9,mni-r5 --out "$out/main.md" >/dev/null 2>"$out/main.log"
+echo "main done at ${SECONDS}s" >>"$out/setup.log"
+
+# Step curve with the GPU time left (the default budget is 1500 steps: main.md has it).
+bench --device "$gpu" --methods nsn2n --volumes lung1-i1e4 --steps 500,3000 >>"$out/variants.md" 2>>"$out/variants.log"
+bench --device "$gpu" --methods nsn2n --volumes lung1-i5e3 --steps 500,3000 >>"$out/variants.md" 2>>"$out/variants.log"
+echo "variants done at ${SECONDS}s" >>"$out/setup.log"
+wait
+echo "all done at ${SECONDS}s" >>"$out/setup.log"
