@@ -152,3 +152,25 @@ def test_table_formatting_and_argument_checks():
     with pytest.raises(SystemExit):
         parse_args(["--volumes", "nope"])
     assert parse_args(["--steps", "10,20", "--set", "unet_width=16"]).steps == [10, 20]
+
+
+def test_merge_tables_puts_rows_of_separate_runs_into_one_table_per_volume(tmp_path):
+    from bench.merge_tables import merge, parse
+    from bench.quality import METHODS, footer
+
+    def output(command: str, rows: dict[str, str]) -> str:
+        table = "\n".join(f"| {label} | {value} | cpu |" for label, value in rows.items())
+        return (f"## NS-N2N quality benchmark\n\n- command: `{command}`\n\n### v1: volume one\n\n- data: d1\n\n"
+                f"| method | PSNR | device |\n|---|---|---|\n{table}\n\n" + "\n".join(footer()) + "\n")
+
+    gpu = tmp_path / "main.md"
+    gpu.write_text(output("gpu run", {METHODS["oracle"]: "44", METHODS["noisy"]: "38", METHODS["nsn2n"]: "43"}))
+    cpu = tmp_path / "cpu.md"
+    cpu.write_text(output("cpu run", {METHODS["nlm3d"]: "42", METHODS["noisy"]: "99"}))
+    lines = merge([parse(gpu), parse(cpu)])
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    assert [r.split("|")[1].strip() for r in rows] == [
+        METHODS["noisy"], METHODS["nsn2n"], METHODS["nlm3d"], METHODS["oracle"]]
+    assert f"| {METHODS['noisy']} | 38 | cpu |" in rows  # the first run given wins a duplicate row
+    assert "- command: `gpu run`" in lines and "- command: `cpu run`" in lines
+    assert sum(line.startswith("### v1") for line in lines) == 1 and "- data: d1" in lines
