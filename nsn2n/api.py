@@ -19,6 +19,7 @@ from .errors import VolumeError
 from .inference import denoise_slices
 from .intensity import IntensityNormalizer, output_range
 from .noise import NOISE_ESTIMATOR, paired_slice_noise_sigma
+from .residual_clip import clip_residual_per_pixel
 from .training import PairSampler, TrainingStats, nsn2n_step, supervised_step, train_network
 from .unet import ResidualUNet
 from .weight_map import WeightMaps, compute_weight_maps
@@ -193,13 +194,6 @@ def _weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseC
     )
 
 
-def clip_residual(noisy: np.ndarray, denoised: np.ndarray, limit: float) -> np.ndarray:
-    """``noisy - clip(noisy - denoised, -limit, limit)``: no pixel moves by more than ``limit`` (in place)."""
-    residual = np.subtract(noisy, denoised, out=denoised)
-    np.clip(residual, -limit, limit, out=residual)
-    return np.subtract(noisy, residual, out=residual)
-
-
 def _seed(config: DenoiseConfig) -> None:
     torch.manual_seed(config.seed)
     if config.num_threads:
@@ -298,10 +292,10 @@ def denoise_volume(
         self_ensemble=config.self_ensemble, mixed_precision=config.mixed_precision,
         log_every_s=config.log_every_s,
     )
-    clip = None
-    if config.residual_clip_k is not None and np.isfinite(maps.pixel_sigma) and maps.pixel_sigma > 0:
-        clip = config.residual_clip_k * maps.pixel_sigma
-        out_norm = clip_residual(normalised, out_norm, clip)
+    out_norm = clip_residual_per_pixel(
+        normalised, out_norm, maps.weights, k_matched=config.residual_clip_k,
+        k_unmatched=config.residual_clip_unmatched_k, valid=valid_np, default_sigma=maps.pixel_sigma,
+    )
     denoised = _finish(normalizer, out_norm, volume, valid_np, modality)
     timings["inference_s"] = time.monotonic() - t
     noise_after = paired_slice_noise_sigma(denoised, maps.weights, valid_np)
@@ -330,7 +324,8 @@ def denoise_volume(
             "threshold_median": float(maps.thresholds.median()) * normalizer.scale,
             "pixel_noise_sigma": maps.pixel_sigma * normalizer.scale,
         },
-        "residual_clip": None if clip is None else clip * normalizer.scale,
+        "residual_clip": {"k_matched": config.residual_clip_k, "k_unmatched": config.residual_clip_unmatched_k,
+                          "unit": "local noise standard deviation (nsn2n.residual_clip)"},
         "training": _stats_dict(stats),
         "model": {"loaded_from": initial_model.info.get("loaded_from") if initial_model else None,
                   "finetune_steps": finetune_steps if initial_model else None},

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+import torch
 
 from nsn2n import ConfigError, DenoiseConfig, TrainedModel, VolumeError, denoise_volume
 
@@ -178,12 +179,42 @@ def test_slices_narrower_than_the_crop_train_fine(noisy_case):
     assert result.denoised.shape == narrow.shape
 
 
-def test_residual_clip_bounds_every_change(noisy_case, tiny_result):
-    _, noisy = noisy_case
-    limit = tiny_result.report["residual_clip"]
-    sigma = tiny_result.report["weight_map"]["pixel_noise_sigma"]
-    assert limit == pytest.approx(TINY.residual_clip_k * sigma)
-    assert 25 < sigma < 60  # injected: 40 HU, in-plane correlated
-    assert np.abs(tiny_result.denoised - noisy).max() <= limit + 1e-3
-    unclipped = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", TINY.replace(residual_clip_k=None, max_steps=30))
-    assert unclipped.report["residual_clip"] is None
+def test_residual_clip_bounds_every_change_by_the_local_noise(noisy_case, tiny_result):
+    from nsn2n import api
+    from nsn2n.residual_clip import local_noise_sigma, matched_neighbours
+
+    clean, noisy = noisy_case
+    clip = tiny_result.report["residual_clip"]
+    assert (clip["k_matched"], clip["k_unmatched"]) == (TINY.residual_clip_k, TINY.residual_clip_unmatched_k)
+    # The limits the library used: the same weight maps, the local sigma in HU (normalisation is linear).
+    valid, _, normalised = api._prepare(noisy, None, "CT", None)
+    weights = api._weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), TINY).weights.numpy()
+    sigma = np.stack(list(local_noise_sigma(noisy, weights)))
+    body = clean > -500
+    assert 25 < float(np.median(sigma[body])) < 60  # injected: 40 HU, in-plane correlated
+    k = np.where(matched_neighbours(weights) == 2, TINY.residual_clip_k, TINY.residual_clip_unmatched_k)
+    change = np.abs(tiny_result.denoised - noisy)
+    assert np.all(change <= k * sigma * 1.001 + 0.05)
+    assert np.any(change > TINY.residual_clip_unmatched_k * sigma)  # the looser limit of matched pixels is used
+    unclipped = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT",
+                               TINY.replace(residual_clip_k=None, residual_clip_unmatched_k=None, max_steps=30))
+    assert unclipped.report["residual_clip"] == {"k_matched": None, "k_unmatched": None,
+                                                 "unit": "local noise standard deviation (nsn2n.residual_clip)"}
+
+
+def test_local_noise_sigma_follows_non_stationary_noise_and_ignores_unmatched_pixels():
+    from nsn2n.residual_clip import local_noise_sigma
+
+    rng = np.random.default_rng(0)
+    depth, size = 6, 128
+    sigma_true = np.where(np.arange(size) < size // 2, 10.0, 40.0)[None, None, :]  # left quiet, right noisy
+    volume = rng.normal(0.0, 1.0, (depth, size, size)) * sigma_true
+    volume[:, :, :16] += np.arange(depth)[:, None, None] * 500.0  # anatomy changing between slices...
+    weights = np.ones((depth - 1, size, size), bool)
+    weights[:, :, :16] = False  # ...is not matched, so it must not inflate the estimate
+    sigma = np.stack(list(local_noise_sigma(volume, weights)))
+    assert np.median(sigma[:, :, 20:40]) == pytest.approx(10.0, rel=0.1)
+    assert np.median(sigma[:, :, 88:120]) == pytest.approx(40.0, rel=0.1)
+    assert np.median(sigma[:, :, :8]) < 20.0  # filled from its matched surroundings, not the 500 jumps
+    nothing = np.stack(list(local_noise_sigma(volume, np.zeros_like(weights), default_sigma=7.0)))
+    assert np.all(nothing == 7.0)
