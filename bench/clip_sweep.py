@@ -1,11 +1,11 @@
 """How tightly to clip NS-N2N's change per pixel: train once per volume, compare clip rules.
 
-The residual clip (``DenoiseConfig.residual_clip_k``) bounds how far a pixel may move, in pixel-noise
-sigmas. Where neighbouring slices disagree (thick slices, moving edges) the network's neighbour target
-is biased, so its change there is less trustworthy than where the slice matches both neighbours. This
-script trains NS-N2N once per volume with no clip, then applies each rule to the raw output and prints
-PSNR (whole volume, W400, body) per rule. A rule ``a/b/c`` is the limit, in pixel-noise sigmas, for
-pixels whose slice matches 0/1/2 of its neighbours in the weight maps (``-`` = no limit).
+The residual clip (:mod:`nsn2n.residual_clip`) bounds how far a pixel may move, in local noise
+sigmas: ``residual_clip_unmatched_k`` for pixels matching at most one neighbouring slice,
+``residual_clip_k`` for pixels matching both. This script trains NS-N2N once per volume with no clip,
+then applies each rule to the raw output with the library's own function and prints PSNR (whole volume,
+W400, body) per rule ``unmatched/matched`` (``-`` = no limit). The row ``old`` is the rule before
+commit e4a2577: 1.5 x one volume-wide quiet-tile sigma for every pixel.
 
     python -m bench.clip_sweep                         # default preset on CPU (about 6 minutes)
     python -m bench.clip_sweep --full --device cuda    # full size on a GPU
@@ -24,26 +24,12 @@ import torch
 from bench import data
 from bench.quality import VOLUMES, VolumeStore, log, machine_header
 
-#: (limit for 0, 1, 2 matched neighbours) in pixel-noise sigmas; None = no limit.
-RULES: list[tuple[float | None, float | None, float | None]] = [
-    (None, None, None), (1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0),
-    (0.75, 0.75, 2.0), (1.0, 1.0, 2.0), (1.0, 1.0, 1.5), (1.0, 1.0, 3.0), (0.75, 1.0, 2.0),
-    (1.0, 1.5, 2.0), (1.0, 1.5, 3.0), (1.5, 1.5, 3.0),
+#: (limit for pixels matching at most one neighbour, limit for pixels matching both) in local noise
+#: sigmas; None = no limit. The default config is (1.5, 3.0).
+RULES: list[tuple[float | None, float | None]] = [
+    (None, None), (1.0, 1.0), (1.5, 1.5), (2.0, 2.0), (3.0, 3.0), (1.0, 2.0), (1.0, 3.0), (1.5, 2.0),
+    (1.5, 3.0), (1.5, None), (2.0, 3.0), (2.0, 4.0),
 ]
-
-
-def matched_neighbours(weights: np.ndarray) -> np.ndarray:
-    """(D, H, W) count of neighbours (0, 1, 2) a pixel matches; end slices count their one pair twice."""
-    count = np.zeros((weights.shape[0] + 1, *weights.shape[1:]), np.int8)
-    count[:-1] += weights
-    count[1:] += weights
-    count[0] = 2 * weights[0]
-    count[-1] = 2 * weights[-1]
-    return count
-
-
-def _rule_name(rule: tuple[float | None, ...]) -> str:
-    return "/".join("-" if k is None else f"{k:g}" for k in rule)
 
 
 def psnr_only(vol: data.Volume, out: np.ndarray) -> dict[str, float]:
@@ -55,9 +41,10 @@ def psnr_only(vol: data.Volume, out: np.ndarray) -> dict[str, float]:
             "psnr_body": psnr(to_unit(vol.clean, -1024, 3071), to_unit(out, -1024, 3071), vol.mask)}
 
 
-def sweep(name: str, store: VolumeStore, steps: int | None, device: str, deadline: float) -> list[str]:
+def sweep(name: str, store: VolumeStore, steps: int | None, device: str) -> list[str]:
     import nsn2n
     from nsn2n import api
+    from nsn2n.residual_clip import clip_residual_per_pixel, local_noise_sigma, matched_neighbours
 
     spec = VOLUMES[name]
     vol = store.clean(spec.source)
@@ -69,26 +56,29 @@ def sweep(name: str, store: VolumeStore, steps: int | None, device: str, deadlin
     t0 = time.time()
     raw = nsn2n.denoise_volume(noisy, vol.spacing, vol.modality, cfg).denoised
     seconds = time.time() - t0
-    # The same weight maps and pixel sigma the library computes (private helpers, same config).
+    # The same weight maps and quiet-tile sigma the library computes (private helpers, same config).
     valid, normalizer, normalised = api._prepare(noisy, None, vol.modality, None)
     maps = api._weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), cfg)
-    count = matched_neighbours(maps.weights.cpu().numpy())
-    sigma = maps.pixel_sigma * normalizer.scale
+    weights = maps.weights.cpu().numpy()
+    count = matched_neighbours(weights)
+    quiet_sigma = maps.pixel_sigma * normalizer.scale
+    local = np.stack(list(local_noise_sigma(noisy, weights, default_sigma=quiet_sigma)))
     true_sigma = float((noisy - vol.clean)[vol.mask].std())
     lines = [f"### {name}: {spec.title}", "",
              f"- {vol.description}; {cfg.max_steps} steps, trained and inferred in {seconds:.1f} s",
-             f"- pixel-noise sigma estimated {sigma:.1f} HU (true noise in the body {true_sigma:.1f} HU); pixels "
-             f"matching 0/1/2 neighbours: " + "/".join(f"{(count == c).mean():.2f}" for c in range(3)),
-             "", "| rule (0/1/2 matched) | PSNR | PSNR W400 | PSNR body |", "|---|---|---|---|"]
+             f"- true noise in the body {true_sigma:.1f} HU; local sigma there (mean) {local[vol.mask].mean():.1f} HU; "
+             f"volume-wide quiet-tile sigma {quiet_sigma:.1f} HU; pixels matching 0/1/2 neighbours: "
+             + "/".join(f"{(count == c).mean():.2f}" for c in range(3)),
+             "", "| rule (unmatched/matched k) | PSNR | PSNR W400 | PSNR body |", "|---|---|---|---|"]
     lines.append("| noisy input | " + " | ".join(f"{v:.2f}" for v in psnr_only(vol, noisy).values()) + " |")
-    residual = noisy - raw
-    for rule in RULES:
-        if time.time() > deadline:
-            lines.append("| (deadline reached) | | | |")
-            break
-        limits = np.choose(count, [np.float32(1e30 if k is None else k * sigma) for k in rule])
-        out = noisy - np.clip(residual, -limits, limits)
-        lines.append(f"| {_rule_name(rule)} | " + " | ".join(f"{v:.2f}" for v in psnr_only(vol, out).values()) + " |")
+    old = noisy - np.clip(noisy - raw, -1.5 * quiet_sigma, 1.5 * quiet_sigma)
+    cells = " | ".join(f"{v:.2f}" for v in psnr_only(vol, old).values())
+    lines.append(f"| old: 1.5 x quiet-tile sigma | {cells} |")
+    for k_unmatched, k_matched in RULES:
+        out = clip_residual_per_pixel(noisy, raw.copy(), weights, k_matched=k_matched, k_unmatched=k_unmatched,
+                                      default_sigma=quiet_sigma)
+        label = "/".join("-" if k is None else f"{k:g}" for k in (k_unmatched, k_matched))
+        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in psnr_only(vol, out).values()) + " |")
     return [*lines, ""]
 
 
@@ -99,17 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: 100, or max_steps with --full)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--workers", type=int, default=2, help="processes for the noise simulation")
-    p.add_argument("--deadline-s", type=float, default=float("inf"), help="stop starting new work after this")
+    p.add_argument("--deadline-s", type=float, default=float("inf"), help="start no new volume after this")
     args = p.parse_args(argv)
     deadline = time.time() + args.deadline_s
     store = VolumeStore("full" if args.full else "default", args.workers)
     steps = args.steps or (None if args.full else 100)
-    print("\n".join(["## Residual-clip sweep", "", *machine_header(sys.argv[1:], args.device, {}), ""]), flush=True)
+    header = machine_header(sys.argv[1:], args.device, {})
+    header[3] = header[3].replace("bench.quality", "bench.clip_sweep")
+    print("\n".join(["## Residual-clip sweep", "", *header, ""]), flush=True)
     for name in args.volumes.split(","):
         if time.time() > deadline:
             log(f"deadline: {name} not run")
             break
-        print("\n".join(sweep(name, store, steps, args.device, deadline)), flush=True)
+        print("\n".join(sweep(name, store, steps, args.device)), flush=True)
     return 0
 
 
