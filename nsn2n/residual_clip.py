@@ -59,6 +59,10 @@ def matched_neighbours(weights: np.ndarray) -> np.ndarray:
     return count
 
 
+def _as_numpy(weights: np.ndarray | torch.Tensor) -> np.ndarray:
+    return weights.cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, dtype=bool)
+
+
 def _block_sums(image: np.ndarray) -> np.ndarray:
     h, w = image.shape
     hb, wb = -(-h // BLOCK_PX), -(-w // BLOCK_PX)
@@ -84,7 +88,7 @@ def local_noise_sigma(volume: np.ndarray, weights: np.ndarray, valid: np.ndarray
         default_sigma: used everywhere when no pixel of the volume is matched (nothing to measure).
     """
     volume = np.asarray(volume)
-    weights = weights.cpu().numpy() if isinstance(weights, torch.Tensor) else np.asarray(weights, dtype=bool)
+    weights = _as_numpy(weights)
     depth, h, w = volume.shape
     sums = {i: _pair_sums(volume, weights, valid, i) for i in range(depth - 1)}  # block sums: small
     total = sum(den.sum() for _, den in sums.values())
@@ -120,7 +124,8 @@ def clip_residual_per_pixel(
     """
     if k_matched is None and k_unmatched is None:
         return denoised
-    count = matched_neighbours(weights.cpu().numpy() if isinstance(weights, torch.Tensor) else weights)
+    weights = _as_numpy(weights)  # once: a (D-1, H, W) map may live on the GPU
+    count = matched_neighbours(weights)
     k_both = np.float32(np.inf if k_matched is None else k_matched)
     k_other = np.float32(np.inf if k_unmatched is None else k_unmatched)
     for z, sigma in enumerate(local_noise_sigma(noisy, weights, valid, default_sigma=default_sigma)):
