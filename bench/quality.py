@@ -106,8 +106,10 @@ def _git_commit() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "bench", "nsn2n"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "bench", "nsn2n",
+                                ":(exclude)bench/results"],
                                cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        # bench/results/ is excluded: a run writing its own table there is not a change to the code.
         return sha + (" (+ uncommitted changes to tracked files in bench/ or nsn2n/)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
