@@ -285,6 +285,9 @@ def denoise_volume(
     )
     stats = train_network(network, sampler, nsn2n_step(config), config, steps=steps, device=device)
     timings["train_s"] = time.monotonic() - t
+    if stats.rollbacks:
+        warnings.append(f"training diverged {stats.rollbacks} time(s) and was rolled back to an earlier state "
+                        "with a halved learning rate; the result may be less denoised than usual")
 
     t = time.monotonic()
     out_norm = denoise_slices(
@@ -344,6 +347,7 @@ def _stats_dict(stats: TrainingStats) -> dict[str, Any]:
         "seconds": stats.seconds,
         "final_loss": stats.final_loss,
         "loss_history": [[s, v] for s, v in stats.loss_history],
+        "rollbacks": stats.rollbacks,
     }
 
 

@@ -176,7 +176,7 @@ class DerivedSeriesWriterOperator(Operator):
         if report:
             training = report["training"]
             sections["training"] = None if training["steps"] == 0 else {
-                k: training[k] for k in ("steps", "stopped_by", "final_loss", "loss_history")
+                k: training[k] for k in ("steps", "stopped_by", "final_loss", "loss_history", "rollbacks")
             }
             sections["noise"] = report["noise"]
             warnings += report["warnings"]

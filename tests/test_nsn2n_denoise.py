@@ -61,6 +61,7 @@ def test_report_has_run_facts(tiny_result):
     report = tiny_result.report
     assert report["device"] == "cpu"
     assert report["training"]["steps"] == TINY.max_steps
+    assert report["training"]["rollbacks"] == 0  # the divergence guard did not fire on a healthy run
     assert set(report["timings_s"]) >= {"weight_map_s", "train_s", "inference_s", "total_s"}
     assert report["parameters"]["max_steps"] == TINY.max_steps
     assert report["noise"]["unit"] == "HU"
