@@ -22,9 +22,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["NOISE_ESTIMATOR", "paired_slice_noise_sigma"]
+__all__ = ["NOISE_ESTIMATOR", "matched_pair_difference", "paired_slice_noise_sigma"]
 
 NOISE_ESTIMATOR = "paired-slice difference in matched regions (MAD / sqrt 2)"
+
+
+def matched_pair_difference(
+    volume: np.ndarray, weight: np.ndarray, valid: np.ndarray | None, i: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(x_i - x_{i+1}, mask)`` for pair ``i``: float32 difference and the pixels it measures noise on.
+
+    ``weight`` is the pair's (H, W) bool weight map; the mask is it, minus padding in either slice. This
+    is the one definition shared by the noise estimate here and the local sigma of the residual clip.
+    """
+    mask = weight if valid is None else weight & valid[i] & valid[i + 1]
+    return volume[i].astype(np.float32) - volume[i + 1].astype(np.float32), mask
 
 
 def paired_slice_noise_sigma(
@@ -34,10 +46,7 @@ def paired_slice_noise_sigma(
     step = max(1, int(weights.numel() // max_samples))
     samples = []
     for i in range(volume.shape[0] - 1):
-        mask = weights[i].cpu().numpy()
-        if valid is not None:
-            mask = mask & valid[i] & valid[i + 1]
-        diff = volume[i].astype(np.float32) - volume[i + 1].astype(np.float32)
+        diff, mask = matched_pair_difference(volume, weights[i].cpu().numpy(), valid, i)
         samples.append(diff[mask][::step])
     diffs = np.concatenate(samples) if samples else np.empty(0, np.float32)
     if diffs.size == 0:

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .noise import matched_pair_difference
+
 __all__ = ["BLOCK_PX", "clip_residual_per_pixel", "local_noise_sigma", "matched_neighbours"]
 
 #: Block size of the local noise estimate (pixels) and the Gaussian smoothing in blocks.
@@ -72,9 +74,8 @@ def _block_sums(image: np.ndarray) -> np.ndarray:
 
 
 def _pair_sums(volume: np.ndarray, weights: np.ndarray, valid: np.ndarray | None, i: int):
-    mask = weights[i] if valid is None else weights[i] & valid[i] & valid[i + 1]
-    absdiff = np.abs(volume[i].astype(np.float32) - volume[i + 1].astype(np.float32))
-    return _block_sums(np.where(mask, absdiff, 0.0)), _block_sums(mask.astype(np.float64))
+    diff, mask = matched_pair_difference(volume, weights[i], valid, i)
+    return _block_sums(np.where(mask, np.abs(diff), 0.0)), _block_sums(mask.astype(np.float64))
 
 
 def local_noise_sigma(volume: np.ndarray, weights: np.ndarray, valid: np.ndarray | None = None, *,

@@ -225,7 +225,8 @@ def train_network(
         if diverged:
             if snapshot is None or stats.rollbacks >= _MAX_ROLLBACKS:
                 raise FloatingPointError(
-                    f"{label}: training diverged (loss {value:.4g}, running average {ema}) at step {step}"
+                    f"{label}: training diverged (loss {value:.4g}"
+                    + ("" if ema is None else f", running average {ema:.4g}") + f") at step {step}"
                     + (f" after {stats.rollbacks} rollbacks" if stats.rollbacks else "")
                 )
             model_state, optimiser_state, ema = snapshot
