@@ -33,10 +33,16 @@ log = logging.getLogger("nsn2n.app")
 def selection_rules(modalities: tuple[str, ...]) -> str:
     """Selector rules: the given modalities, never DERIVED/SECONDARY (so our own output is never re-processed)."""
     pattern = "(?i)^(" + "|".join(modalities) + ")$"
-    return json.dumps({"selections": [{
-        "name": "original CT/MR image series",
-        "conditions": {"Modality": pattern, "ImageType": ["!derived", "!secondary"]},
-    }]})
+    return json.dumps(
+        {
+            "selections": [
+                {
+                    "name": "original CT/MR image series",
+                    "conditions": {"Modality": pattern, "ImageType": ["!derived", "!secondary"]},
+                }
+            ]
+        }
+    )
 
 
 class NSN2NDenoiseApp(Application):
@@ -60,25 +66,44 @@ class NSN2NDenoiseApp(Application):
         output_path = Path(context.output_path)
         workdir = Path(context.workdir) if context.workdir else Path.cwd() / DEFAULT_WORKDIR
         model_path = Path(context.model_path) if context.model_path else None
-        log.info("nsn2n-denoise: input %s, output %s, workdir %s, models %s", input_path, output_path,
-                 workdir, model_path or "-")
+        log.info(
+            "nsn2n-denoise: input %s, output %s, workdir %s, models %s",
+            input_path,
+            output_path,
+            workdir,
+            model_path or "-",
+        )
         log.info("parameters: %s", json.dumps(settings.as_dict(), sort_keys=True))
 
-        loader = StudyLoaderOperator(self, CountCondition(self, 1), input_folder=input_path,
-                                     outcome=self.outcome, name="dicom_loader")
-        selector = DICOMSeriesSelectorOperator(self, rules=selection_rules(settings.modalities),
-                                               all_matched=True, name="series_selector")
-        to_volume = SeriesToVolumeOperator(self, outcome=self.outcome, modalities=settings.modalities,
-                                           name="series_to_volume")
+        loader = StudyLoaderOperator(
+            self, CountCondition(self, 1), input_folder=input_path, outcome=self.outcome, name="dicom_loader"
+        )
+        selector = DICOMSeriesSelectorOperator(
+            self, rules=selection_rules(settings.modalities), all_matched=True, name="series_selector"
+        )
+        to_volume = SeriesToVolumeOperator(
+            self, outcome=self.outcome, modalities=settings.modalities, name="series_to_volume"
+        )
         denoiser = NSN2NDenoiseOperator(
-            self, outcome=self.outcome, config=settings.algorithm, workdir=workdir, model_path=model_path,
-            finetune_steps=settings.finetune_steps, save_model=settings.save_model, name="nsn2n_denoise",
+            self,
+            outcome=self.outcome,
+            config=settings.algorithm,
+            workdir=workdir,
+            model_path=model_path,
+            finetune_steps=settings.finetune_steps,
+            save_model=settings.save_model,
+            name="nsn2n_denoise",
         )
         writer = DerivedSeriesWriterOperator(
-            self, outcome=self.outcome, output_folder=output_path, workdir=workdir,
+            self,
+            outcome=self.outcome,
+            output_folder=output_path,
+            workdir=workdir,
             series_description=settings.series_description,
-            series_number_offset=settings.series_number_offset, qa_report=settings.qa_report,
-            parameters=settings.as_dict(), name="derived_series_writer",
+            series_number_offset=settings.series_number_offset,
+            qa_report=settings.qa_report,
+            parameters=settings.as_dict(),
+            name="derived_series_writer",
         )
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(loader, to_volume, {("dicom_study_list", "dicom_study_list")})

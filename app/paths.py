@@ -35,8 +35,9 @@ class _QuietParser(argparse.ArgumentParser):
         raise _Unparsable(message)
 
 
-def resolve_paths(argv: Sequence[str], env: Mapping[str, str] | None = None,
-                  default_workdir: Path | None = None) -> tuple[Path, Path, Path] | None:
+def resolve_paths(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, default_workdir: Path | None = None
+) -> tuple[Path, Path, Path] | None:
     """(input, output, workdir) as the SDK's ``AppContext`` will resolve them, or ``None`` when the
     command line cannot be parsed (the SDK then reports it). ``argv[0]`` is the program."""
     env = os.environ if env is None else env
@@ -69,8 +70,7 @@ def check_writable_folder(path: Path, role: str) -> None:
         raise OutputError(f"{role} folder {path} cannot be written{where}")
 
 
-def check_paths(argv: Sequence[str], env: Mapping[str, str] | None = None,
-                default_workdir: Path | None = None) -> None:
+def check_paths(argv: Sequence[str], env: Mapping[str, str] | None = None, default_workdir: Path | None = None) -> None:
     """Raise :class:`InputError` (missing input folder) or :class:`OutputError` (output or work folder)."""
     paths = resolve_paths(argv, env, default_workdir)
     if paths is None:

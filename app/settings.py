@@ -114,7 +114,7 @@ def load_settings(config_path: Path | None = None, env: Mapping[str, str] | None
     known = set(AppSettings.app_keys()) | set(DenoiseConfig.field_names())
     for name, raw in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_PREFIX:
-            values[name[len(ENV_PREFIX):].lower()] = (raw, f"environment variable {name}")
+            values[name[len(ENV_PREFIX) :].lower()] = (raw, f"environment variable {name}")
     unknown = [f"{origin} (unknown key {key!r})" for key, (_, origin) in values.items() if key not in known]
     if unknown:
         raise ConfigError("; ".join(unknown) + f". Known keys: {', '.join(sorted(known))}")

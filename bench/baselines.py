@@ -27,8 +27,9 @@ def estimate_sigma(noisy: np.ndarray, modality: str) -> float:
     return estimate_sigma_flat_roi(noisy, noisy_support_mask(noisy, modality))
 
 
-def estimate_noise_psd(noisy: np.ndarray, modality: str, tile: int = 16, max_lag: int = 6,
-                       quantile: float = 0.05) -> np.ndarray:
+def estimate_noise_psd(
+    noisy: np.ndarray, modality: str, tile: int = 16, max_lag: int = 6, quantile: float = 0.05
+) -> np.ndarray:
     """3-D noise PSD in BM4D's convention (``mean(PSD) = N·σ²``, shape of ``noisy``), from the data.
 
     Flat in-plane tiles (lowest ``quantile`` of smoothed-gradient energy, fully inside the noisy-derived
@@ -82,8 +83,15 @@ def nlm3d(noisy: np.ndarray, sigma: float, patch_size: int = 5, patch_distance: 
     """skimage non-local means in 3-D, h = 0.8·σ with σ from a flat ROI (fast mode)."""
     from skimage.restoration import denoise_nl_means
 
-    out = denoise_nl_means(noisy.astype(np.float64), patch_size=patch_size, patch_distance=patch_distance,
-                           h=0.8 * sigma, sigma=sigma, fast_mode=True, channel_axis=None)
+    out = denoise_nl_means(
+        noisy.astype(np.float64),
+        patch_size=patch_size,
+        patch_distance=patch_distance,
+        h=0.8 * sigma,
+        sigma=sigma,
+        fast_mode=True,
+        channel_axis=None,
+    )
     return out.astype(np.float32)
 
 
@@ -129,8 +137,10 @@ def _zsn2n_net(channels: int):
     import torch.nn as nn
 
     return nn.Sequential(
-        nn.Conv2d(1, channels, 3, padding=1), nn.LeakyReLU(0.2),
-        nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(0.2),
+        nn.Conv2d(1, channels, 3, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.LeakyReLU(0.2),
         nn.Conv2d(channels, 1, 1),
     )
 
@@ -186,8 +196,12 @@ def zsn2n(noisy: np.ndarray, cfg: ZSN2NConfig, device: str = "cpu") -> np.ndarra
         opt.step()
         sched.step()
         if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
-            print(f"\r[bench.zsn2n] step {step + 1}/{cfg.steps} loss {loss.item():.3e} "
-                  f"{time.time() - t0:.0f}s", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[bench.zsn2n] step {step + 1}/{cfg.steps} loss {loss.item():.3e} {time.time() - t0:.0f}s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
     print(file=sys.stderr)
     out = np.empty_like(noisy, dtype=np.float32)
     model.eval()

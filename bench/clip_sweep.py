@@ -28,8 +28,18 @@ from bench.quality import VOLUMES, VolumeStore, log, machine_header
 #: (limit for pixels matching at most one neighbour, limit for pixels matching both) in local noise
 #: sigmas; None = no limit. The default config is (1.5, 3.0).
 RULES: list[tuple[float | None, float | None]] = [
-    (None, None), (1.0, 1.0), (1.5, 1.5), (2.0, 2.0), (3.0, 3.0), (1.0, 2.0), (1.0, 3.0), (1.5, 2.0),
-    (1.5, 3.0), (1.5, None), (2.0, 3.0), (2.0, 4.0),
+    (None, None),
+    (1.0, 1.0),
+    (1.5, 1.5),
+    (2.0, 2.0),
+    (3.0, 3.0),
+    (1.0, 2.0),
+    (1.0, 3.0),
+    (1.5, 2.0),
+    (1.5, 3.0),
+    (1.5, None),
+    (2.0, 3.0),
+    (2.0, 4.0),
 ]
 
 
@@ -62,19 +72,25 @@ def sweep(name: str, store: VolumeStore, steps: int | None, device: str) -> list
     quiet_sigma = maps.pixel_sigma * normalizer.scale
     local = np.stack(list(local_noise_sigma(noisy, weights, default_sigma=quiet_sigma)))
     true_sigma = float((noisy - vol.clean)[vol.mask].std())
-    lines = [f"### {name}: {spec.title}", "",
-             f"- {vol.description}; {cfg.max_steps} steps, trained and inferred in {seconds:.1f} s",
-             f"- true noise in the body {true_sigma:.1f} HU; local sigma there (mean) {local[vol.mask].mean():.1f} HU; "
-             f"volume-wide quiet-tile sigma {quiet_sigma:.1f} HU; pixels matching 0/1/2 neighbours: "
-             + "/".join(f"{(count == c).mean():.2f}" for c in range(3)),
-             "", "| rule (unmatched/matched k) | PSNR | PSNR W400 | PSNR body |", "|---|---|---|---|"]
+    lines = [
+        f"### {name}: {spec.title}",
+        "",
+        f"- {vol.description}; {cfg.max_steps} steps, trained and inferred in {seconds:.1f} s",
+        f"- true noise in the body {true_sigma:.1f} HU; local sigma there (mean) {local[vol.mask].mean():.1f} HU; "
+        f"volume-wide quiet-tile sigma {quiet_sigma:.1f} HU; pixels matching 0/1/2 neighbours: "
+        + "/".join(f"{(count == c).mean():.2f}" for c in range(3)),
+        "",
+        "| rule (unmatched/matched k) | PSNR | PSNR W400 | PSNR body |",
+        "|---|---|---|---|",
+    ]
     lines.append("| noisy input | " + " | ".join(f"{v:.2f}" for v in psnr_only(vol, noisy).values()) + " |")
     old = noisy - np.clip(noisy - raw, -1.5 * quiet_sigma, 1.5 * quiet_sigma)
     cells = " | ".join(f"{v:.2f}" for v in psnr_only(vol, old).values())
     lines.append(f"| old: 1.5 x quiet-tile sigma | {cells} |")
     for k_unmatched, k_matched in RULES:
-        out = clip_residual_per_pixel(noisy, raw.copy(), weights, k_matched=k_matched, k_unmatched=k_unmatched,
-                                      default_sigma=quiet_sigma)
+        out = clip_residual_per_pixel(
+            noisy, raw.copy(), weights, k_matched=k_matched, k_unmatched=k_unmatched, default_sigma=quiet_sigma
+        )
         label = "/".join("-" if k is None else f"{k:g}" for k in (k_unmatched, k_matched))
         lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in psnr_only(vol, out).values()) + " |")
     return [*lines, ""]

@@ -151,8 +151,7 @@ def load_mni(cache: Path = CACHE_DIR) -> dict[str, np.ndarray | tuple[float, flo
 # --- MNI -> CT-like HU mapping -------------------------------------------------------------------
 
 #: Tissue HU values of the thin-slice CT stand-in built from the MNI template.
-CT_TISSUE_HU = {"air": -1000.0, "csf": 10.0, "gm": 40.0, "wm": 25.0, "cortical": 1000.0,
-                "diploe": 700.0, "scalp": 30.0}
+CT_TISSUE_HU = {"air": -1000.0, "csf": 10.0, "gm": 40.0, "wm": 25.0, "cortical": 1000.0, "diploe": 700.0, "scalp": 30.0}
 #: Shell thicknesses (mm) outside the intracranial mask: inner table, diploe, outer table, scalp.
 CT_SHELLS_MM = (2.0, 3.0, 2.0, 4.0)
 
@@ -255,8 +254,10 @@ def lung1_volume(preset: Preset, cache: Path = CACHE_DIR) -> Volume:
     vol = vol[_center_slice(vol.shape[0], preset.lung_slices)]
     vol = block_mean(vol, preset.lung_factor)
     f = preset.lung_factor
-    desc = (f"pyradiomics lung1 thorax CT (real, 5 mm slices), {vol.shape[0]}×{vol.shape[1]}×{vol.shape[2]}"
-            f" voxels of {dz:g}×{dy * f:.3g}×{dx * f:.3g} mm" + (f" ({f}× in-plane block mean)" if f > 1 else ""))
+    desc = (
+        f"pyradiomics lung1 thorax CT (real, 5 mm slices), {vol.shape[0]}×{vol.shape[1]}×{vol.shape[2]}"
+        f" voxels of {dz:g}×{dy * f:.3g}×{dx * f:.3g} mm" + (f" ({f}× in-plane block mean)" if f > 1 else "")
+    )
     return Volume("lung1", vol, (dz, dy * f, dx * f), "CT", body_mask_ct(vol), description=desc)
 
 
@@ -288,11 +289,24 @@ def mni_volumes(preset: Preset, cache: Path = CACHE_DIR) -> tuple[Volume, Volume
     spacing = (dz, dy * f, dx * f)
     shape = "×".join(str(s) for s in t1c.shape)
     sub = f" ({f}× in-plane block mean)" if f > 1 else ""
-    mr = Volume("mni", t1c, spacing, "MR", brain, ref_scale=ref_scale,
-                description=f"MNI ICBM152 2009a T1 template (noise-free average), {shape} voxels of "
-                f"{dz:g}×{dy * f:g}×{dx * f:g} mm{sub}; mask = brain (gm+wm > 0.1, holes filled)")
-    ctv = Volume("mni-ct", ctc, spacing, "CT", body_mask_ct(ctc),
-                 description=f"MNI template mapped to CT-like HU (thin-slice CT stand-in: CSF 10, GM 40, WM 25,"
-                 f" synthetic 7 mm skull 700–1000, scalp 30, air −1000), {shape} voxels of "
-                 f"{dz:g}×{dy * f:g}×{dx * f:g} mm{sub}")
+    mr = Volume(
+        "mni",
+        t1c,
+        spacing,
+        "MR",
+        brain,
+        ref_scale=ref_scale,
+        description=f"MNI ICBM152 2009a T1 template (noise-free average), {shape} voxels of "
+        f"{dz:g}×{dy * f:g}×{dx * f:g} mm{sub}; mask = brain (gm+wm > 0.1, holes filled)",
+    )
+    ctv = Volume(
+        "mni-ct",
+        ctc,
+        spacing,
+        "CT",
+        body_mask_ct(ctc),
+        description=f"MNI template mapped to CT-like HU (thin-slice CT stand-in: CSF 10, GM 40, WM 25,"
+        f" synthetic 7 mm skull 700–1000, scalp 30, air −1000), {shape} voxels of "
+        f"{dz:g}×{dy * f:g}×{dx * f:g} mm{sub}",
+    )
     return mr, ctv

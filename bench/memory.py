@@ -84,15 +84,20 @@ def build_series(folder: Path, slices: int, size: int, chunk: int = 50, seed: in
     study_uid, series_uid, for_uid = (str(generate_uid()) for _ in range(3))
     spacing = (1.0, 0.7, 0.7)
     for start in range(0, slices, chunk):
-        part = add_correlated_noise(phantom[start:start + chunk], sigma_hu=25.0, seed=seed + start)
+        part = add_correlated_noise(phantom[start : start + chunk], sigma_hu=25.0, seed=seed + start)
         n = part.shape[0]
 
         def renumber(k: int, ds, start: int = start) -> None:
             ds.InstanceNumber = start + k + 1
 
         datasets = make_ct_datasets(
-            part, spacing, study_uid=study_uid, series_uid=series_uid, frame_of_reference_uid=for_uid,
-            slice_positions=[(start + k) * spacing[0] for k in range(n)], mutate=renumber,
+            part,
+            spacing,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            frame_of_reference_uid=for_uid,
+            slice_positions=[(start + k) * spacing[0] for k in range(n)],
+            mutate=renumber,
         )
         write_datasets(datasets, folder, filename_pattern=f"CT{start:05d}_{{index:03d}}.dcm")
         del part, datasets
@@ -108,8 +113,9 @@ def _rss_kib(pid: int) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def run_app(input_dir: Path, output_dir: Path, workdir: Path, env: dict[str, str], poll_s: float,
-            log_path: Path | None = None) -> RunTrace:
+def run_app(
+    input_dir: Path, output_dir: Path, workdir: Path, env: dict[str, str], poll_s: float, log_path: Path | None = None
+) -> RunTrace:
     """Run the application; collect its output lines (with arrival times) and an RSS timeline; the
     lines also go to ``log_path`` as they arrive (follow a long run with ``tail -f``)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NSN2N_", "HOLOSCAN_"))}
@@ -118,8 +124,9 @@ def run_app(input_dir: Path, output_dir: Path, workdir: Path, env: dict[str, str
     trace = RunTrace()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
 
     def reader() -> None:
         assert proc.stdout is not None
@@ -178,15 +185,23 @@ def machine() -> str:
     except OSError:
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
-    return (f"{model}; {cores} logical CPU(s) ({affinity} usable by this process); "
-            f"{mem_kib / 2**20:.1f} GiB RAM; Linux {platform.release()}; Python {platform.python_version()}")
+    return (
+        f"{model}; {cores} logical CPU(s) ({affinity} usable by this process); "
+        f"{mem_kib / 2**20:.1f} GiB RAM; Linux {platform.release()}; Python {platform.python_version()}"
+    )
 
 
 def code_version() -> str:
     """``git describe`` of the repository (with ``-dirty`` for local changes), or "unknown"."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True,
-                             check=False, timeout=30).stdout.strip()
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         out = ""
     return out or "unknown"
@@ -204,7 +219,8 @@ def report(args: argparse.Namespace, env: dict[str, str], series_bytes: int, tra
         f"- Machine: {machine()}",
         f"- Code: git {code_version()}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}; command: `python -m bench.memory "
-        f"{' '.join(args.argv)}`".rstrip() + "",
+        f"{' '.join(args.argv)}`".rstrip()
+        + "",
         f"- Input: {args.slices} files, {series_bytes / 2**20:.0f} MiB on disk "
         f"(stored int16 volume {volume_bytes / 2**20:.0f} MiB; as float32 {2 * volume_bytes / 2**20:.0f} MiB)",
         f"- Settings: {', '.join(f'{k}={v}' for k, v in sorted(env.items()))} (others: app.yaml defaults)",
@@ -233,9 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=600)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--poll-s", type=float, default=0.2)
-    parser.add_argument("--env", action="append", default=[], metavar="NSN2N_KEY=VALUE",
-                        help="extra settings for the app (repeatable); default " +
-                        " ".join(f"{k}={v}" for k, v in DEFAULT_ENV.items()))
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NSN2N_KEY=VALUE",
+        help="extra settings for the app (repeatable); default " + " ".join(f"{k}={v}" for k, v in DEFAULT_ENV.items()),
+    )
     parser.add_argument("--tmp", type=Path, default=None, help="where to build the series (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
@@ -253,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t = time.monotonic()
         series_bytes = build_series(tmp / "in", args.slices, args.size)
-        print(f"built {args.slices} slices ({series_bytes / 2**20:.0f} MiB) in {time.monotonic() - t:.0f} s",
-              file=sys.stderr)
+        print(
+            f"built {args.slices} slices ({series_bytes / 2**20:.0f} MiB) in {time.monotonic() - t:.0f} s",
+            file=sys.stderr,
+        )
         trace = run_app(tmp / "in", tmp / "out", tmp / "work", env, args.poll_s, args.log)
         out_files = sum(1 for p in (tmp / "out").rglob("*.dcm")) if (tmp / "out").exists() else 0
         text = report(args, env, series_bytes, trace) + f"\nOutput: {out_files} DICOM file(s) written.\n"

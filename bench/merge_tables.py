@@ -84,8 +84,14 @@ def merge(runs: list[Run]) -> list[str]:
         for run, section in parts:
             for label, row in section.rows.items():
                 rows.setdefault(label, (row, run.path.name))
-        lines += [first.title, "", *first.notes, "",
-                  *(first.table_head[:1] or ["| method |"]), *(first.table_head[1:2] or ["|---|"])]
+        lines += [
+            first.title,
+            "",
+            *first.notes,
+            "",
+            *(first.table_head[:1] or ["| method |"]),
+            *(first.table_head[1:2] or ["|---|"]),
+        ]
         ordered = sorted(rows.items(), key=lambda kv: _order(kv[0]))
         lines += [row for _, (row, _) in ordered]
         sources = ", ".join(f"{label}: `{src}`" for label, (_, src) in ordered)

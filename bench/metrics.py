@@ -39,8 +39,9 @@ def psnr(ref: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None, data
 def ssim_2d_mean(ref: np.ndarray, test: np.ndarray, data_range: float = 1.0) -> float:
     """Mean over axial slices of the 2-D SSIM with Wang's settings (Gaussian σ 1.5, population cov.)."""
     vals = [
-        structural_similarity(r, t, data_range=data_range, gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False)
+        structural_similarity(
+            r, t, data_range=data_range, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
         for r, t in zip(np.asarray(ref, np.float64), np.asarray(test, np.float64), strict=True)
     ]
     return float(np.mean(vals))

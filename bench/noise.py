@@ -44,9 +44,16 @@ def _pad_square(img: np.ndarray, fill: float) -> tuple[np.ndarray, tuple[slice, 
     return out, (slice(top, top + h), slice(left, left + w))
 
 
-def sinogram_noise_slice(clean_hu: np.ndarray, pixel_mm: float, i0: float, seed: int, index: int,
-                         n_views: int = N_VIEWS, filter_name: str = FILTER,
-                         electronic_sigma: float = 0.0) -> np.ndarray:
+def sinogram_noise_slice(
+    clean_hu: np.ndarray,
+    pixel_mm: float,
+    i0: float,
+    seed: int,
+    index: int,
+    n_views: int = N_VIEWS,
+    filter_name: str = FILTER,
+    electronic_sigma: float = 0.0,
+) -> np.ndarray:
     """Return the HU noise image of one slice for photon count ``i0`` per unattenuated ray.
 
     Args:
@@ -68,8 +75,7 @@ def sinogram_noise_slice(clean_hu: np.ndarray, pixel_mm: float, i0: float, seed:
     if electronic_sigma > 0:
         counts += rng.normal(0.0, electronic_sigma, counts.shape)
     dp = -np.log(np.maximum(counts, 1.0) / i0) - p
-    noise_mu = iradon(dp / pixel_mm, theta=theta, filter_name=filter_name, circle=True,
-                      output_size=mu.shape[0])
+    noise_mu = iradon(dp / pixel_mm, theta=theta, filter_name=filter_name, circle=True, output_size=mu.shape[0])
     return (noise_mu[crop] * (1000.0 / MU_WATER_PER_MM)).astype(np.float32)
 
 
@@ -77,16 +83,27 @@ def _slice_job(args: tuple) -> np.ndarray:
     return sinogram_noise_slice(*args)
 
 
-def sinogram_noise(clean_hu: np.ndarray, pixel_mm: float, i0: float, seed: int, workers: int = 1,
-                   n_views: int = N_VIEWS, filter_name: str = FILTER) -> np.ndarray:
+def sinogram_noise(
+    clean_hu: np.ndarray,
+    pixel_mm: float,
+    i0: float,
+    seed: int,
+    workers: int = 1,
+    n_views: int = N_VIEWS,
+    filter_name: str = FILTER,
+) -> np.ndarray:
     """HU noise volume (z, y, x) for a clean CT volume, slice by slice, optionally over processes."""
     jobs = [(clean_hu[z], pixel_mm, i0, seed, z, n_views, filter_name) for z in range(clean_hu.shape[0])]
     if workers <= 1:
         out = []
         for k, job in enumerate(jobs):
             out.append(_slice_job(job))
-            print(f"\r[bench.noise] sinogram noise I0={i0:g}: slice {k + 1}/{len(jobs)}", end="",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\r[bench.noise] sinogram noise I0={i0:g}: slice {k + 1}/{len(jobs)}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
         print(file=sys.stderr)
     else:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
@@ -125,8 +142,9 @@ def noise_stats(noise: np.ndarray, mask: np.ndarray | None = None) -> dict[str, 
     stats = {"std": float(noise[m].std())}
     mx = m[:, :, 1:] & m[:, :, :-1]
     my = m[:, 1:, :] & m[:, :-1, :]
-    stats["lag1_inplane"] = 0.5 * (_corr(noise[:, :, 1:][mx], noise[:, :, :-1][mx])
-                                   + _corr(noise[:, 1:, :][my], noise[:, :-1, :][my]))
+    stats["lag1_inplane"] = 0.5 * (
+        _corr(noise[:, :, 1:][mx], noise[:, :, :-1][mx]) + _corr(noise[:, 1:, :][my], noise[:, :-1, :][my])
+    )
     if noise.shape[0] > 1:
         mz = m[1:] & m[:-1]
         stats["lag1_slice"] = _corr(noise[1:][mz], noise[:-1][mz])

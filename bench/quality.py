@@ -63,8 +63,9 @@ VOLUMES: dict[str, VolumeSpec] = {
     "lung1-i5e3": VolumeSpec("lung1", "sinogram", 5e3, "lung1 thorax CT (5 mm slices), sinogram noise I0=5e3"),
     "mni-r5": VolumeSpec("mni", "rician", 0.05, "MNI T1 (MR, 1 mm), Rician noise 5%"),
     "mni-r9": VolumeSpec("mni", "rician", 0.09, "MNI T1 (MR, 1 mm), Rician noise 9%"),
-    "mni-ct-i1e4": VolumeSpec("mni-ct", "sinogram", 1e4, "MNI→CT-like head (thin-slice CT stand-in, 1 mm), "
-                              "sinogram noise I0=1e4"),
+    "mni-ct-i1e4": VolumeSpec(
+        "mni-ct", "sinogram", 1e4, "MNI→CT-like head (thin-slice CT stand-in, 1 mm), sinogram noise I0=1e4"
+    ),
 }
 
 METHODS: dict[str, str] = {
@@ -104,11 +105,16 @@ def _git_commit() -> str:
     if os.environ.get("BENCH_GIT_COMMIT"):  # a copy of the tree without .git (e.g. on a lent GPU machine)
         return os.environ["BENCH_GIT_COMMIT"] + " (from BENCH_GIT_COMMIT)"
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "bench", "nsn2n",
-                                ":(exclude)bench/results"],
-                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "bench", "nsn2n", ":(exclude)bench/results"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         # bench/results/ is excluded: a run writing its own table there is not a change to the code.
         return sha + (" (+ uncommitted changes to tracked files in bench/ or nsn2n/)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -147,8 +153,7 @@ def machine_header(argv: list[str], device: str, overrides: dict[str, str]) -> l
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     lines = [
-        f"- machine: {_cpu_model()}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}), "
-        f"GPU: {gpu}",
+        f"- machine: {_cpu_model()}, {os.cpu_count()} cores (torch threads {torch.get_num_threads()}), GPU: {gpu}",
         f"- software: Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
         f"scikit-image {_version('skimage')}, scipy {_version('scipy')}; "
         f"device requested for learned methods: {device}",
@@ -158,8 +163,10 @@ def machine_header(argv: list[str], device: str, overrides: dict[str, str]) -> l
     import nsn2n
 
     changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none (defaults)"
-    lines.append(f"- nsn2n {nsn2n.__version__} (sources sha256 {nsn2n_source_digest()}); DenoiseConfig "
-                 f"overrides besides the steps: {changed}")
+    lines.append(
+        f"- nsn2n {nsn2n.__version__} (sources sha256 {nsn2n_source_digest()}); DenoiseConfig "
+        f"overrides besides the steps: {changed}"
+    )
     return lines
 
 
@@ -233,8 +240,9 @@ class Outcome:
 
 def _nsn2n_config(ctx: Context, **changes):
     """The run's base config with the step budget set (no wall-clock cap, fixed seed)."""
-    return dataclasses.replace(ctx.base_config, max_steps=ctx.steps, time_budget_s=None, device=ctx.device,
-                               seed=0, **changes)
+    return dataclasses.replace(
+        ctx.base_config, max_steps=ctx.steps, time_budget_s=None, device=ctx.device, seed=0, **changes
+    )
 
 
 def _report_device(report: dict | None, fallback: str) -> str:
@@ -264,8 +272,9 @@ def run_oracle(ctx: Context) -> Outcome:
     cfg = _nsn2n_config(ctx)
     t0 = time.time()
     res = nsn2n.fit_supervised_oracle(ctx.noisy, ctx.vol.clean, ctx.vol.spacing, ctx.vol.modality, cfg)
-    return Outcome(np.asarray(res.denoised, np.float32), time.time() - t0,
-                   _report_device(getattr(res, "report", None), ctx.device))
+    return Outcome(
+        np.asarray(res.denoised, np.float32), time.time() - t0, _report_device(getattr(res, "report", None), ctx.device)
+    )
 
 
 def run_zsn2n(ctx: Context) -> Outcome:
@@ -290,8 +299,13 @@ def run_bm4d(ctx: Context) -> Outcome:
 
 
 RUNNERS: dict[str, Callable[[Context], Outcome]] = {
-    "noisy": run_noisy, "nsn2n": run_nsn2n, "nomask": run_nomask, "zsn2n": run_zsn2n,
-    "nlm3d": run_nlm3d, "bm4d": run_bm4d, "oracle": run_oracle,
+    "noisy": run_noisy,
+    "nsn2n": run_nsn2n,
+    "nomask": run_nomask,
+    "zsn2n": run_zsn2n,
+    "nlm3d": run_nlm3d,
+    "bm4d": run_bm4d,
+    "oracle": run_oracle,
 }
 
 
@@ -304,8 +318,14 @@ def score(vol: data.Volume, out: np.ndarray) -> dict[str, float]:
 
 # --- tables ---------------------------------------------------------------------------------------------
 
-COLUMNS = [("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("psnr_w400", "PSNR W400", 2),
-           ("ssim_w400", "SSIM W400", 4), ("psnr_body", "PSNR body", 2), ("seconds", "seconds", 1)]
+COLUMNS = [
+    ("psnr", "PSNR", 2),
+    ("ssim", "SSIM", 4),
+    ("psnr_w400", "PSNR W400", 2),
+    ("ssim_w400", "SSIM W400", 4),
+    ("psnr_body", "PSNR body", 2),
+    ("seconds", "seconds", 1),
+]
 
 
 def _fmt(values: list[float], digits: int) -> str:
@@ -377,17 +397,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     size.add_argument("--full", action="store_true", help="full-size volumes (meant for a GPU)")
     p.add_argument("--volumes", default=",".join(VOLUMES), help=f"comma list of {', '.join(VOLUMES)}")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
-    p.add_argument("--steps", type=_parse_steps, default=None,
-                   help="training steps of every learned method (NS-N2N, no-mask, oracle, ZS-N2N); a comma "
-                   f"list gives one row per value (a steps curve); default per preset {DEFAULT_STEPS} "
-                   "(None: DenoiseConfig's max_steps)")
-    p.add_argument("--set", dest="overrides", type=_parse_override, action="append", default=[],
-                   metavar="KEY=VALUE", help="nsn2n.DenoiseConfig override for NS-N2N, no-mask and oracle "
-                   "(repeatable), e.g. --set unet_width=16; default: none")
+    p.add_argument(
+        "--steps",
+        type=_parse_steps,
+        default=None,
+        help="training steps of every learned method (NS-N2N, no-mask, oracle, ZS-N2N); a comma "
+        f"list gives one row per value (a steps curve); default per preset {DEFAULT_STEPS} "
+        "(None: DenoiseConfig's max_steps)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="nsn2n.DenoiseConfig override for NS-N2N, no-mask and oracle "
+        "(repeatable), e.g. --set unet_width=16; default: none",
+    )
     p.add_argument("--seeds", type=int, default=1, help="number of noise seeds (0..N-1); mean ± std if > 1")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for learned methods")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                   help="processes for the sinogram noise simulation")
+    p.add_argument(
+        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes for the sinogram noise simulation"
+    )
     p.add_argument("--no-cache", action="store_true", help="re-simulate noise instead of using bench/.cache")
     p.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
     args = p.parse_args(argv)
@@ -408,8 +440,9 @@ def run_method(method: str, ctx: Context) -> Outcome:
         return Outcome(None, 0.0, "–", f"FAILED: {type(exc).__name__}: {first}")
 
 
-def run_case(name: str, store: VolumeStore, methods: list[str], seeds: int, steps: list[int], device: str,
-             base_config: object) -> list[str]:
+def run_case(
+    name: str, store: VolumeStore, methods: list[str], seeds: int, steps: list[int], device: str, base_config: object
+) -> list[str]:
     """Run every method on one case (all noise seeds, all step budgets) and return its markdown section."""
     spec = VOLUMES[name]
     vol = store.clean(spec.source)
@@ -434,8 +467,10 @@ def run_case(name: str, store: VolumeStore, methods: list[str], seeds: int, step
                 continue
             metrics = score(vol, out.denoised)
             rows[label].append({**metrics, "seconds": out.seconds, "device": out.device})
-            log(f"{name} seed {seed}: {label}: PSNR {metrics['psnr']:.2f} W400 {metrics['psnr_w400']:.2f} "
-                f"body {metrics['psnr_body']:.2f} in {out.seconds:.1f}s")
+            log(
+                f"{name} seed {seed}: {label}: PSNR {metrics['psnr']:.2f} W400 {metrics['psnr_w400']:.2f} "
+                f"body {metrics['psnr_body']:.2f} in {out.seconds:.1f}s"
+            )
     seeds_txt = f" (mean ± std over {seeds} noise seeds)" if seeds > 1 else " (noise seed 0)"
     return [f"### {name}: {spec.title}{seeds_txt}", "", *header, "", *format_table(rows, notes), ""]
 
@@ -484,8 +519,11 @@ def main(argv: list[str] | None = None) -> int:
         lines += section
         if args.out:
             _write(args.out, [*lines, f"(partial: {time.time() - t_start:.0f} s so far)"])
-    tail = [*footer(), "", f"Total wall time: {time.time() - t_start:.0f} s ({preset} preset, steps "
-            f"{','.join(map(str, steps))})."]
+    tail = [
+        *footer(),
+        "",
+        f"Total wall time: {time.time() - t_start:.0f} s ({preset} preset, steps {','.join(map(str, steps))}).",
+    ]
     lines += tail
     print("\n".join(tail), flush=True)
     if args.out:

@@ -140,14 +140,17 @@ def select_device(choice: str) -> torch.device:
 def validate_volume(volume: np.ndarray, valid: np.ndarray | None, name: str = "volume") -> None:
     """Raise :class:`VolumeError` for volumes NS-N2N cannot denoise."""
     if not isinstance(volume, np.ndarray) or volume.ndim != 3:
-        raise VolumeError(f"{name}: expected a 3-D array (slices, rows, columns), got shape "
-                          f"{getattr(volume, 'shape', type(volume).__name__)}")
+        raise VolumeError(
+            f"{name}: expected a 3-D array (slices, rows, columns), got shape "
+            f"{getattr(volume, 'shape', type(volume).__name__)}"
+        )
     if volume.shape[0] < MIN_SLICES:
-        raise VolumeError(f"{name}: {volume.shape[0]} slice(s); NS-N2N needs at least {MIN_SLICES} "
-                          "neighbouring slices")
+        raise VolumeError(f"{name}: {volume.shape[0]} slice(s); NS-N2N needs at least {MIN_SLICES} neighbouring slices")
     if min(volume.shape[1:]) < MIN_SIDE:
-        raise VolumeError(f"{name}: slices of {volume.shape[1]}x{volume.shape[2]} pixels are too small "
-                          f"(at least {MIN_SIDE}x{MIN_SIDE})")
+        raise VolumeError(
+            f"{name}: slices of {volume.shape[1]}x{volume.shape[2]} pixels are too small "
+            f"(at least {MIN_SIDE}x{MIN_SIDE})"
+        )
     if not (np.issubdtype(volume.dtype, np.number) and not np.issubdtype(volume.dtype, np.complexfloating)):
         raise VolumeError(f"{name}: unsupported data type {volume.dtype}")
     if np.issubdtype(volume.dtype, np.floating) and not np.isfinite(volume).all():
@@ -189,8 +192,12 @@ def _prepare(volume: np.ndarray, padding_mask: np.ndarray | None, modality: str,
 
 def _weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseConfig) -> WeightMaps:
     return compute_weight_maps(
-        normalised, valid, sigma=config.lowpass_sigma_px, median_size=config.median_size,
-        threshold_k=config.threshold_k, range_k=config.guide_range_k,
+        normalised,
+        valid,
+        sigma=config.lowpass_sigma_px,
+        median_size=config.median_size,
+        threshold_k=config.threshold_k,
+        range_k=config.guide_range_k,
     )
 
 
@@ -200,8 +207,9 @@ def _seed(config: DenoiseConfig) -> None:
         torch.set_num_threads(config.num_threads)
 
 
-def _finish(normalizer: IntensityNormalizer, out_norm: np.ndarray, volume: np.ndarray, valid: np.ndarray,
-            modality: str) -> np.ndarray:
+def _finish(
+    normalizer: IntensityNormalizer, out_norm: np.ndarray, volume: np.ndarray, valid: np.ndarray, modality: str
+) -> np.ndarray:
     denoised = normalizer.denormalize(out_norm)
     lo, hi = output_range(volume, modality)
     np.clip(denoised, lo, hi, out=denoised)
@@ -251,7 +259,11 @@ def denoise_volume(
     valid_np, normalizer, normalised = _prepare(volume, padding_mask, modality, reuse_normalizer)
     log.info(
         "NS-N2N: volume %s %s, spacing %.3g x %.3g x %.3g mm, device %s, torch threads %d",
-        "x".join(map(str, volume.shape)), modality, *spacing3, device, torch.get_num_threads(),
+        "x".join(map(str, volume.shape)),
+        modality,
+        *spacing3,
+        device,
+        torch.get_num_threads(),
     )
     timings: dict[str, float] = {}
 
@@ -260,11 +272,16 @@ def denoise_volume(
     valid_t = torch.from_numpy(valid_np).to(device)
     maps = _weight_maps(vol_t, valid_t, config)
     timings["weight_map_s"] = time.monotonic() - t
-    log.info("weight maps: %d pairs, %.1f%% of pixels matched, %.2f s",
-             volume.shape[0] - 1, 100 * maps.matched_fraction, timings["weight_map_s"])
+    log.info(
+        "weight maps: %d pairs, %.1f%% of pixels matched, %.2f s",
+        volume.shape[0] - 1,
+        100 * maps.matched_fraction,
+        timings["weight_map_s"],
+    )
     if maps.matched_fraction < 0.2 and config.use_weight_map:
-        warnings.append(f"only {100 * maps.matched_fraction:.0f}% of pixels match their neighbour slice; "
-                        "the denoising will be weak")
+        warnings.append(
+            f"only {100 * maps.matched_fraction:.0f}% of pixels match their neighbour slice; the denoising will be weak"
+        )
         log.warning(warnings[-1])
     noise_before = paired_slice_noise_sigma(volume, maps.weights, valid_np)
     log.info("noise before: %.4g (%s)", noise_before, NOISE_ESTIMATOR)
@@ -272,45 +289,71 @@ def denoise_volume(
     if initial_model is not None:
         network = initial_model.network.to(device)
         steps = finetune_steps
-        log.info("using the saved model from %s: %s", initial_model.info.get("loaded_from", "memory"),
-                 f"fine-tuning {steps} steps" if steps else "inference only, no training")
+        log.info(
+            "using the saved model from %s: %s",
+            initial_model.info.get("loaded_from", "memory"),
+            f"fine-tuning {steps} steps" if steps else "inference only, no training",
+        )
     else:
         network = ResidualUNet(config.unet_width, config.unet_depth).to(device)
         steps = config.max_steps
     t = time.monotonic()
     sampler = PairSampler(
-        vol_t, maps.weights if config.use_weight_map else None, valid_t,
-        crop_size=config.crop_size, fill=float((normalizer.fill_value - normalizer.offset) / normalizer.scale),
+        vol_t,
+        maps.weights if config.use_weight_map else None,
+        valid_t,
+        crop_size=config.crop_size,
+        fill=float((normalizer.fill_value - normalizer.offset) / normalizer.scale),
         seed=config.seed,
     )
     stats = train_network(network, sampler, nsn2n_step(config), config, steps=steps, device=device)
     timings["train_s"] = time.monotonic() - t
     if stats.rollbacks:
-        warnings.append(f"training diverged {stats.rollbacks} time(s) and was rolled back to an earlier state "
-                        "with a halved learning rate; the result may be less denoised than usual")
+        warnings.append(
+            f"training diverged {stats.rollbacks} time(s) and was rolled back to an earlier state "
+            "with a halved learning rate; the result may be less denoised than usual"
+        )
 
     t = time.monotonic()
     out_norm = denoise_slices(
-        network, normalised, device=device, batch=config.inference_batch,
-        self_ensemble=config.self_ensemble, mixed_precision=config.mixed_precision,
+        network,
+        normalised,
+        device=device,
+        batch=config.inference_batch,
+        self_ensemble=config.self_ensemble,
+        mixed_precision=config.mixed_precision,
         log_every_s=config.log_every_s,
     )
     out_norm = clip_residual_per_pixel(
-        normalised, out_norm, maps.weights, k_matched=config.residual_clip_k,
-        k_unmatched=config.residual_clip_unmatched_k, valid=valid_np, default_sigma=maps.pixel_sigma,
+        normalised,
+        out_norm,
+        maps.weights,
+        k_matched=config.residual_clip_k,
+        k_unmatched=config.residual_clip_unmatched_k,
+        valid=valid_np,
+        default_sigma=maps.pixel_sigma,
     )
     denoised = _finish(normalizer, out_norm, volume, valid_np, modality)
     timings["inference_s"] = time.monotonic() - t
     noise_after = paired_slice_noise_sigma(denoised, maps.weights, valid_np)
     timings["total_s"] = time.monotonic() - t_start
     reduction = 100 * (1 - noise_after / noise_before) if noise_before > 0 else float("nan")
-    log.info("noise after: %.4g (%.0f%% lower); timings %s", noise_after, reduction,
-             ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    log.info(
+        "noise after: %.4g (%.0f%% lower); timings %s",
+        noise_after,
+        reduction,
+        ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
+    )
 
     model = TrainedModel(
-        network=network, normalizer=normalizer, modality=modality,
-        info={"config": config.as_dict(), "training": _stats_dict(stats),
-              **({"loaded_from": initial_model.info.get("loaded_from")} if initial_model else {})},
+        network=network,
+        normalizer=normalizer,
+        modality=modality,
+        info={
+            "config": config.as_dict(),
+            "training": _stats_dict(stats),
+            **({"loaded_from": initial_model.info.get("loaded_from")} if initial_model else {}),
+        },
     )
     report = {
         "software_version": __version__,
@@ -327,14 +370,23 @@ def denoise_volume(
             "threshold_median": float(maps.thresholds.median()) * normalizer.scale,
             "pixel_noise_sigma": maps.pixel_sigma * normalizer.scale,
         },
-        "residual_clip": {"k_matched": config.residual_clip_k, "k_unmatched": config.residual_clip_unmatched_k,
-                          "unit": "local noise standard deviation (nsn2n.residual_clip)"},
+        "residual_clip": {
+            "k_matched": config.residual_clip_k,
+            "k_unmatched": config.residual_clip_unmatched_k,
+            "unit": "local noise standard deviation (nsn2n.residual_clip)",
+        },
         "training": _stats_dict(stats),
-        "model": {"loaded_from": initial_model.info.get("loaded_from") if initial_model else None,
-                  "finetune_steps": finetune_steps if initial_model else None},
+        "model": {
+            "loaded_from": initial_model.info.get("loaded_from") if initial_model else None,
+            "finetune_steps": finetune_steps if initial_model else None,
+        },
         "timings_s": timings,
-        "noise": {"estimator": NOISE_ESTIMATOR, "before": noise_before, "after": noise_after,
-                  "unit": "HU" if modality == "CT" else "a.u."},
+        "noise": {
+            "estimator": NOISE_ESTIMATOR,
+            "before": noise_before,
+            "after": noise_after,
+            "unit": "HU" if modality == "CT" else "a.u.",
+        },
         "warnings": warnings,
     }
     return DenoiseResult(denoised=denoised, model=model, report=report)
@@ -373,16 +425,32 @@ def fit_supervised_oracle(
     network = ResidualUNet(config.unet_width, config.unet_depth).to(device)
     t = time.monotonic()
     sampler = PairSampler(
-        torch.from_numpy(normalised).to(device), None, torch.from_numpy(valid_np).to(device),
-        crop_size=config.crop_size, fill=float((normalizer.fill_value - normalizer.offset) / normalizer.scale),
-        seed=config.seed, target=torch.from_numpy(clean_norm).to(device),
+        torch.from_numpy(normalised).to(device),
+        None,
+        torch.from_numpy(valid_np).to(device),
+        crop_size=config.crop_size,
+        fill=float((normalizer.fill_value - normalizer.offset) / normalizer.scale),
+        seed=config.seed,
+        target=torch.from_numpy(clean_norm).to(device),
     )
-    stats = train_network(network, sampler, supervised_step, config, steps=config.max_steps, device=device,
-                          label="oracle")
-    out = denoise_slices(network, normalised, device=device, batch=config.inference_batch,
-                         self_ensemble=config.self_ensemble, mixed_precision=config.mixed_precision)
+    stats = train_network(
+        network, sampler, supervised_step, config, steps=config.max_steps, device=device, label="oracle"
+    )
+    out = denoise_slices(
+        network,
+        normalised,
+        device=device,
+        batch=config.inference_batch,
+        self_ensemble=config.self_ensemble,
+        mixed_precision=config.mixed_precision,
+    )
     denoised = _finish(normalizer, out, noisy, valid_np, modality)
-    report = {"device": str(device), "training": _stats_dict(stats), "spacing_mm": list(spacing3),
-              "timings_s": {"train_s": stats.seconds, "total_s": time.monotonic() - t}}
-    return DenoiseResult(denoised=denoised,
-                         model=TrainedModel(network, normalizer, modality, {"oracle": True}), report=report)
+    report = {
+        "device": str(device),
+        "training": _stats_dict(stats),
+        "spacing_mm": list(spacing3),
+        "timings_s": {"train_s": stats.seconds, "total_s": time.monotonic() - t},
+    }
+    return DenoiseResult(
+        denoised=denoised, model=TrainedModel(network, normalizer, modality, {"oracle": True}), report=report
+    )

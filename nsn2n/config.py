@@ -114,8 +114,9 @@ class DenoiseConfig:
         _positive_int(self, "max_steps", "batch_size", "unet_width", "unet_depth", "inference_batch")
         if self.crop_size < 16:
             raise ConfigError(f"crop_size: must be >= 16 pixels, got {self.crop_size}")
-        _positive_float(self, "learning_rate", "lowpass_sigma_px", "guide_range_k", "threshold_k", "log_every_s",
-                        "max_slice_gap_mm")
+        _positive_float(
+            self, "learning_rate", "lowpass_sigma_px", "guide_range_k", "threshold_k", "log_every_s", "max_slice_gap_mm"
+        )
         _non_negative_float(self, "weight_decay", "lambda_rc", "lambda_ic")
         if self.time_budget_s is not None and (not math.isfinite(self.time_budget_s) or self.time_budget_s < 0):
             raise ConfigError(f"time_budget_s: must be >= 0 seconds (0 = no cap), got {self.time_budget_s}")
@@ -147,8 +148,9 @@ class DenoiseConfig:
         """
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ConfigError(f"{source}: unknown parameter(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(cls.field_names())}")
+            raise ConfigError(
+                f"{source}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(cls.field_names())}"
+            )
         hints = _hints()
         converted = {k: coerce_value(k, v, hints[k]) for k, v in values.items()}
         return cls(**converted)

@@ -52,9 +52,7 @@ def regional_consistency_loss(f_a: torch.Tensor, f_b: torch.Tensor, weight: torc
     return masked_mse(f_a, f_b, weight)
 
 
-def continuity_loss(
-    f_mid: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor, valid: torch.Tensor
-) -> torch.Tensor:
+def continuity_loss(f_mid: torch.Tensor, f_a: torch.Tensor, f_b: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``<(f((x_a + x_b)/2) - sg[(f(x_a) + f(x_b))/2])^2>_V`` (target detached)."""
     return masked_mse(f_mid, (0.5 * (f_a + f_b)).detach(), valid)
 

@@ -78,8 +78,9 @@ def _pair_sums(volume: np.ndarray, weights: np.ndarray, valid: np.ndarray | None
     return _block_sums(np.where(mask, np.abs(diff), 0.0)), _block_sums(mask.astype(np.float64))
 
 
-def local_noise_sigma(volume: np.ndarray, weights: np.ndarray, valid: np.ndarray | None = None, *,
-                      default_sigma: float = float("nan")) -> Iterator[np.ndarray]:
+def local_noise_sigma(
+    volume: np.ndarray, weights: np.ndarray, valid: np.ndarray | None = None, *, default_sigma: float = float("nan")
+) -> Iterator[np.ndarray]:
     """Yield, slice by slice, the (H, W) float32 local noise standard deviation (see the module docstring).
 
     Args:
@@ -94,14 +95,18 @@ def local_noise_sigma(volume: np.ndarray, weights: np.ndarray, valid: np.ndarray
     sums = {i: _pair_sums(volume, weights, valid, i) for i in range(depth - 1)}  # block sums: small
     total = sum(den.sum() for _, den in sums.values())
     # Where no matched pixel is near: the volume-wide paired-slice estimate.
-    fallback = (_MEAN_ABS_TO_SIGMA * sum(num.sum() for num, _ in sums.values()) / total / math.sqrt(2.0)
-                if total >= _MIN_SUPPORT else default_sigma)
+    fallback = (
+        _MEAN_ABS_TO_SIGMA * sum(num.sum() for num, _ in sums.values()) / total / math.sqrt(2.0)
+        if total >= _MIN_SUPPORT
+        else default_sigma
+    )
     for z in range(depth):
         pairs = [sums[i] for i in (z - 1, z) if i in sums]
         num = ndimage.gaussian_filter(sum(p[0] for p in pairs), SMOOTH_BLOCKS, mode="nearest")
         den = ndimage.gaussian_filter(sum(p[1] for p in pairs), SMOOTH_BLOCKS, mode="nearest")
-        sigma_blocks = np.where(den >= _MIN_SUPPORT,
-                                _MEAN_ABS_TO_SIGMA * num / np.maximum(den, 1.0) / math.sqrt(2.0), fallback)
+        sigma_blocks = np.where(
+            den >= _MIN_SUPPORT, _MEAN_ABS_TO_SIGMA * num / np.maximum(den, 1.0) / math.sqrt(2.0), fallback
+        )
         zoom = (h / sigma_blocks.shape[0], w / sigma_blocks.shape[1])
         sigma = ndimage.zoom(sigma_blocks, zoom, order=1, mode="nearest", grid_mode=True)
         yield sigma[:h, :w].astype(np.float32)

@@ -156,8 +156,15 @@ def nsn2n_step(config: DenoiseConfig) -> StepFn:
         out = model(torch.cat([batch.x_a, batch.x_b, mid])).float()
         f_a, f_b, f_mid = out.chunk(3)
         terms = nsn2n_loss(
-            f_a, f_b, f_mid, batch.x_a, batch.x_b, batch.weight, batch.valid,
-            lambda_rc=config.lambda_rc, lambda_ic=config.lambda_ic,
+            f_a,
+            f_b,
+            f_mid,
+            batch.x_a,
+            batch.x_b,
+            batch.weight,
+            batch.valid,
+            lambda_rc=config.lambda_rc,
+            lambda_ic=config.lambda_ic,
         )
         return terms.total, {"recon": terms.recon, "rc": terms.rc, "ic": terms.ic}
 
@@ -226,7 +233,8 @@ def train_network(
             if snapshot is None or stats.rollbacks >= _MAX_ROLLBACKS:
                 raise FloatingPointError(
                     f"{label}: training diverged (loss {value:.4g}"
-                    + ("" if ema is None else f", running average {ema:.4g}") + f") at step {step}"
+                    + ("" if ema is None else f", running average {ema:.4g}")
+                    + f") at step {step}"
                     + (f" after {stats.rollbacks} rollbacks" if stats.rollbacks else "")
                 )
             model_state, optimiser_state, ema = snapshot
@@ -234,10 +242,17 @@ def train_network(
             optimiser.load_state_dict(optimiser_state)
             lr_scale *= 0.5
             stats.rollbacks += 1
-            log.warning("%s: loss %.4g at step %d is %s the running average %.4g: the network diverged; "
-                        "restored the state of %d steps earlier or less, learning rate now x%g",
-                        label, value, step, "not finite against" if not math.isfinite(value)
-                        else f"{value / ema:.0f}x", ema, _SNAPSHOT_EVERY, lr_scale)
+            log.warning(
+                "%s: loss %.4g at step %d is %s the running average %.4g: the network diverged; "
+                "restored the state of %d steps earlier or less, learning rate now x%g",
+                label,
+                value,
+                step,
+                "not finite against" if not math.isfinite(value) else f"{value / ema:.0f}x",
+                ema,
+                _SNAPSHOT_EVERY,
+                lr_scale,
+            )
             continue
         if step % _SNAPSHOT_EVERY == 0:  # this state just produced a sane loss: keep it
             snapshot = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimiser.state_dict()), ema)

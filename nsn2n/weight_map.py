@@ -204,5 +204,6 @@ def compute_weight_maps(
         weights[i] = ((filtered[i] - filtered[i + 1]).abs() <= thresholds[i]) & pair_valid[i]
     matched = int(weights.sum())
     total = int(pair_valid.sum())
-    return WeightMaps(weights=weights, thresholds=thresholds, matched_fraction=matched / max(total, 1),
-                      pixel_sigma=pixel_sigma)
+    return WeightMaps(
+        weights=weights, thresholds=thresholds, matched_fraction=matched / max(total, 1), pixel_sigma=pixel_sigma
+    )

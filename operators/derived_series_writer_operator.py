@@ -80,11 +80,16 @@ class DerivedSeriesWriterOperator(Operator):
                 self.write_record(job)
             written = [job for job in jobs if job.written]
             if not written:
-                raise InputError("no derived series was written: " +
-                                 "; ".join(f"{j.series_uid}: {j.error}" for j in jobs))
+                raise InputError(
+                    "no derived series was written: " + "; ".join(f"{j.series_uid}: {j.error}" for j in jobs)
+                )
             self.outcome.finished = True
-            log.info("done: %d derived series written to %s; %d series skipped", len(written),
-                     self.output_folder, sum(1 for j in jobs if not j.ok))
+            log.info(
+                "done: %d derived series written to %s; %d series skipped",
+                len(written),
+                self.output_folder,
+                sum(1 for j in jobs if not j.ok),
+            )
 
     def _series_number(self, job: SeriesJob, extra: int = 0) -> int | None:
         number = job.source.datasets[0].get("SeriesNumber")
@@ -118,8 +123,13 @@ class DerivedSeriesWriterOperator(Operator):
             "series_description": self.series_description,
             "output_folder": str(folder),
         }
-        log.info("series %s: derived series %s written: %d instances in %s",
-                 job.series_uid, series_uid, len(datasets), folder)
+        log.info(
+            "series %s: derived series %s written: %d instances in %s",
+            job.series_uid,
+            series_uid,
+            len(datasets),
+            folder,
+        )
         job.timings["write"] = time.monotonic() - t
         if self.qa_report:
             self.write_qa(job, datasets)
@@ -129,14 +139,20 @@ class DerivedSeriesWriterOperator(Operator):
         workdir = series_workdir(self.workdir, job.series_uid)
         montage_path = workdir / "qa_montage.png"
         montage = save_montage(
-            montage_path, source.volume, result.denoised, source.modality,
-            padding_mask=source.padding_mask, noise_before=result.report["noise"]["before"],
-            pixel_spacing=source.spacing[1:], title=f"{job.label} - NS-N2N",
+            montage_path,
+            source.volume,
+            result.denoised,
+            source.modality,
+            padding_mask=source.padding_mask,
+            noise_before=result.report["noise"]["before"],
+            pixel_spacing=source.spacing[1:],
+            title=f"{job.label} - NS-N2N",
         )
         record = self.record(job, status="ok")
         pdf = render_report_pdf(record, montage)
         ds = build_encapsulated_pdf(
-            source, pdf,
+            source,
+            pdf,
             EncapsulatedPdfOptions(
                 document_title="NS-N2N denoising QA report (not for diagnostic use)",
                 series_description=QA_SERIES_DESCRIPTION,
@@ -147,8 +163,11 @@ class DerivedSeriesWriterOperator(Operator):
         )
         folder = self._write([ds], str(ds.SeriesInstanceUID))
         job.written.append(folder)
-        job.record["qa_report"] = {"montage_png": str(montage_path), "pdf": str(folder),
-                                   "pdf_series_instance_uid": str(ds.SeriesInstanceUID)}
+        job.record["qa_report"] = {
+            "montage_png": str(montage_path),
+            "pdf": str(folder),
+            "pdf_series_instance_uid": str(ds.SeriesInstanceUID),
+        }
         log.info("series %s: QA report written (PDF %s, montage %s)", job.series_uid, folder, montage_path)
 
     def record(self, job: SeriesJob, status: str) -> dict[str, Any]:
@@ -175,9 +194,11 @@ class DerivedSeriesWriterOperator(Operator):
             }
         if report:
             training = report["training"]
-            sections["training"] = None if training["steps"] == 0 else {
-                k: training[k] for k in ("steps", "stopped_by", "final_loss", "loss_history", "rollbacks")
-            }
+            sections["training"] = (
+                None
+                if training["steps"] == 0
+                else {k: training[k] for k in ("steps", "stopped_by", "final_loss", "loss_history", "rollbacks")}
+            )
             sections["noise"] = report["noise"]
             warnings += report["warnings"]
             sections["model"] = {
@@ -194,8 +215,13 @@ class DerivedSeriesWriterOperator(Operator):
             if key in job.record:
                 sections[key] = job.record[key]
         return make_run_record(
-            software_version=nsn2n.__version__, source=source, device=report.get("device", "n/a"),
-            parameters=self.parameters, timings_s=timings, warnings=warnings, **sections,
+            software_version=nsn2n.__version__,
+            source=source,
+            device=report.get("device", "n/a"),
+            parameters=self.parameters,
+            timings_s=timings,
+            warnings=warnings,
+            **sections,
         )
 
     def write_record(self, job: SeriesJob) -> None:

@@ -68,6 +68,11 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
                 self.populate_series_attributes(series[series_uid], ds)
                 studies[study_uid].add_series(series[series_uid])
             series[series_uid].add_sop_instance(ds)
-        log.info("loaded %d instance(s) in %d series of %d study(ies) from %s",
-                 len(instances), len(series), len(studies), input_path)
+        log.info(
+            "loaded %d instance(s) in %d series of %d study(ies) from %s",
+            len(instances),
+            len(series),
+            len(studies),
+            input_path,
+        )
         return list(studies.values())

@@ -77,18 +77,27 @@ class NSN2NDenoiseOperator(Operator):
                 if job.ok:
                     self.denoise(job, saved)
             if not any(job.ok for job in jobs):
-                raise InputError("no series could be denoised: " +
-                                 "; ".join(f"{j.series_uid}: {j.error}" for j in jobs))
+                raise InputError(
+                    "no series could be denoised: " + "; ".join(f"{j.series_uid}: {j.error}" for j in jobs)
+                )
             op_output.emit(jobs, "jobs")
 
     def denoise(self, job: SeriesJob, saved: TrainedModel | None) -> None:
         source = job.source
-        log.info("series %s (%s): NS-N2N %s", job.series_uid, job.label,
-                 "with the saved model" if saved else "training on this series")
+        log.info(
+            "series %s (%s): NS-N2N %s",
+            job.series_uid,
+            job.label,
+            "with the saved model" if saved else "training on this series",
+        )
         try:
             job.result = denoise_volume(
-                source.volume, source.spacing, source.modality, self.config,
-                padding_mask=source.padding_mask, initial_model=saved,
+                source.volume,
+                source.spacing,
+                source.modality,
+                self.config,
+                padding_mask=source.padding_mask,
+                initial_model=saved,
                 finetune_steps=self.finetune_steps if saved else 0,
             )
         except (VolumeError, FloatingPointError) as exc:

@@ -119,8 +119,13 @@ class SeriesToVolumeOperator(Operator):
             job.timings["load"] = time.monotonic() - t
             for warning in job.source.warnings:
                 log.warning("series %s: %s", job.series_uid, warning)
-            log.info("series %s (%s): %s voxels, spacing %s mm", job.series_uid, job.label,
-                     "x".join(map(str, job.source.shape)), "x".join(f"{s:.3g}" for s in job.source.spacing))
+            log.info(
+                "series %s (%s): %s voxels, spacing %s mm",
+                job.series_uid,
+                job.label,
+                "x".join(map(str, job.source.shape)),
+                "x".join(f"{s:.3g}" for s in job.source.spacing),
+            )
         if not any(job.ok for job in self.outcome.jobs):
             reasons = "; ".join(f"{job.series_uid}: {job.error}" for job in self.outcome.jobs)
             raise InputError(f"no selected series could be converted to a volume ({reasons})")
@@ -133,7 +138,10 @@ class SeriesToVolumeOperator(Operator):
                 sops = series.get_sop_instances()
                 image_type = sops[0].get_native_sop_instance().get("ImageType", []) if sops else []
                 derived = any(str(v).upper() in ("DERIVED", "SECONDARY") for v in image_type)
-                found.append(f"{getattr(series, 'Modality', '?')}{' DERIVED' if derived else ''} "
-                             f"({len(sops)} instance(s))")
-        return (f"no {'/'.join(self.modalities)} series to denoise that is not DERIVED/SECONDARY; "
-                f"found {len(found)} series: {', '.join(found) or 'none'}")
+                found.append(
+                    f"{getattr(series, 'Modality', '?')}{' DERIVED' if derived else ''} ({len(sops)} instance(s))"
+                )
+        return (
+            f"no {'/'.join(self.modalities)} series to denoise that is not DERIVED/SECONDARY; "
+            f"found {len(found)} series: {', '.join(found) or 'none'}"
+        )

@@ -205,8 +205,7 @@ def render_montage_image(
     draw = ImageDraw.Draw(canvas)
     f_title, f_head, f_small, f_label = _font(18, True), _font(14, True), _font(12), _font(16, True)
 
-    draw.text((MARGIN, MARGIN + 4), _ellipsize(draw, title, f_title, width - 2 * MARGIN), font=f_title,
-              fill=_FG)
+    draw.text((MARGIN, MARGIN + 4), _ellipsize(draw, title, f_title, width - 2 * MARGIN), font=f_title, fill=_FG)
     draw.line((MARGIN, MARGIN + TITLE_H - 4, width - MARGIN, MARGIN + TITLE_H - 4), fill=_FRAME)
     x0 = MARGIN + LABEL_W
     col_x = [x0 + i * (TILE + GAP) for i in range(3)]
@@ -263,8 +262,14 @@ def render_montage(
     Arguments as for :func:`render_montage_image`. The PNG is deterministic for given inputs.
     """
     image = render_montage_image(
-        before, after, modality, padding_mask=padding_mask, slices=slices, title=title,
-        noise_before=noise_before, pixel_spacing=pixel_spacing,
+        before,
+        after,
+        modality,
+        padding_mask=padding_mask,
+        slices=slices,
+        title=title,
+        noise_before=noise_before,
+        pixel_spacing=pixel_spacing,
     )
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=False)

@@ -78,9 +78,22 @@ _FONT = 8.5
 _LINE = 11.5
 
 _TRANSLIT = {
-    "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
-    "\u2026": "...", "\u2192": "->", "\u2190": "<-", "\u2264": "<=", "\u2265": ">=", "\u2248": "~",
-    "\u00a0": " ", "\u2009": " ", "\u03bc": "\u00b5",
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2212": "-",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2026": "...",
+    "\u2192": "->",
+    "\u2190": "<-",
+    "\u2264": "<=",
+    "\u2265": ">=",
+    "\u2248": "~",
+    "\u00a0": " ",
+    "\u2009": " ",
+    "\u03bc": "\u00b5",
 }
 
 
@@ -215,17 +228,25 @@ class _Layout:
 
     def text(self, x: float, s: str, *, size: float = _FONT, y: float | None = None, **kw: Any) -> None:
         kw.setdefault("va", "top")
-        self.fig.text(self.fx(x), self.fy(self.y if y is None else y), latin1_safe(s), fontsize=size,
-                      parse_math=False, **kw)
+        self.fig.text(
+            self.fx(x), self.fy(self.y if y is None else y), latin1_safe(s), fontsize=size, parse_math=False, **kw
+        )
 
     def rule(self, color: str = _RULE, lw: float = 0.6) -> None:
-        self.fig.add_artist(Line2D(
-            [self.fx(_ML), self.fx(_PAGE_W - _MR)], [self.fy(self.y), self.fy(self.y)],
-            transform=self.fig.transFigure, color=color, lw=lw))
+        self.fig.add_artist(
+            Line2D(
+                [self.fx(_ML), self.fx(_PAGE_W - _MR)],
+                [self.fy(self.y), self.fy(self.y)],
+                transform=self.fig.transFigure,
+                color=color,
+                lw=lw,
+            )
+        )
 
     def rect(self, x: float, y: float, w: float, h: float, **kw: Any) -> None:
-        self.fig.add_artist(Rectangle((self.fx(x), self.fy(y + h)), w / _PAGE_W, h / _PAGE_H,
-                                      transform=self.fig.transFigure, **kw))
+        self.fig.add_artist(
+            Rectangle((self.fx(x), self.fy(y + h)), w / _PAGE_W, h / _PAGE_H, transform=self.fig.transFigure, **kw)
+        )
 
     def section(self, title: str, min_body: float = 3 * _LINE) -> None:
         self.ensure(22 + min_body)
@@ -235,8 +256,7 @@ class _Layout:
         self.rule()
         self.y += 5
 
-    def paragraph(self, s: str, *, x: float = _ML, width: float = _CONTENT_W, size: float = _FONT,
-                  **kw: Any) -> None:
+    def paragraph(self, s: str, *, x: float = _ML, width: float = _CONTENT_W, size: float = _FONT, **kw: Any) -> None:
         for line in _wrap(s, width, size, kw.get("weight", "normal")):
             self.ensure(_LINE)
             self.text(x, line, size=size, **kw)
@@ -256,10 +276,25 @@ class _Layout:
     def footers(self, left: str) -> None:
         n = len(self.pages)
         for i, fig in enumerate(self.pages, start=1):
-            fig.text(self.fx(_ML), self.fy(_PAGE_H - _MB + 22), latin1_safe(left), fontsize=7, color=_GREY,
-                     va="top", parse_math=False)
-            fig.text(self.fx(_PAGE_W - _MR), self.fy(_PAGE_H - _MB + 22), f"Page {i} of {n}", fontsize=7,
-                     color=_GREY, va="top", ha="right", parse_math=False)
+            fig.text(
+                self.fx(_ML),
+                self.fy(_PAGE_H - _MB + 22),
+                latin1_safe(left),
+                fontsize=7,
+                color=_GREY,
+                va="top",
+                parse_math=False,
+            )
+            fig.text(
+                self.fx(_PAGE_W - _MR),
+                self.fy(_PAGE_H - _MB + 22),
+                f"Page {i} of {n}",
+                fontsize=7,
+                color=_GREY,
+                va="top",
+                ha="right",
+                parse_math=False,
+            )
 
 
 def _get(mapping: Any, *keys: str) -> Any:
@@ -282,11 +317,13 @@ def _draw_title(doc: _Layout, record: Mapping[str, Any]) -> None:
     doc.text(_ML, "NS-N2N denoising - QA report", size=19, weight="bold")
     doc.y += 26
     status = str(record.get("status") or "unknown").upper()
-    sub = "   |   ".join([
-        f"{_fmt_value(software.get('name', 'nsn2n-denoise'))} {_fmt_value(software.get('version', '?'))}",
-        f"run {_fmt_value(record.get('created', '?'))}",
-        f"schema {_fmt_value(record.get('schema_version'))}",
-    ])
+    sub = "   |   ".join(
+        [
+            f"{_fmt_value(software.get('name', 'nsn2n-denoise'))} {_fmt_value(software.get('version', '?'))}",
+            f"run {_fmt_value(record.get('created', '?'))}",
+            f"schema {_fmt_value(record.get('schema_version'))}",
+        ]
+    )
     doc.text(_ML, sub, size=8.5, color=_GREY)
     colour = {"OK": "#1e7b34", "SKIPPED": "#b06000"}.get(status, _RED)
     doc.text(_PAGE_W - _MR, f"Status: {status}", size=10, weight="bold", color=colour, ha="right", y=doc.y - 26)
@@ -329,8 +366,9 @@ def _draw_series(doc: _Layout, record: Mapping[str, Any]) -> None:
         ]
     else:
         right = [("Description", "(no derived series written)")]
-    y_end = max(doc.kv_block(left, x=_ML, width=col_w, key_w=70),
-                doc.kv_block(right, x=_ML + col_w + 16, width=col_w, key_w=78))
+    y_end = max(
+        doc.kv_block(left, x=_ML, width=col_w, key_w=70), doc.kv_block(right, x=_ML + col_w + 16, width=col_w, key_w=78)
+    )
     doc.y = y_end
 
 
@@ -343,13 +381,18 @@ def _draw_volume_and_noise(doc: _Layout, record: Mapping[str, Any]) -> None:
     spacing_s = " x ".join(f"{v:g}" for v in spacing) + " mm  (z, y, x)" if spacing else "n/a"
     gap = volume.get("slice_gap_max_mm")
     doc.section("Volume and noise", min_body=5 * _LINE)
-    y_vol = doc.kv_block([
-        ("Shape", shape_s),
-        ("Spacing", spacing_s),
-        ("Max slice gap", f"{gap:g} mm" if isinstance(gap, int | float) else "n/a"),
-        ("Stored type", volume.get("dtype") or "n/a"),
-        ("Device", record.get("device")),
-    ], x=_ML, width=col_w, key_w=70)
+    y_vol = doc.kv_block(
+        [
+            ("Shape", shape_s),
+            ("Spacing", spacing_s),
+            ("Max slice gap", f"{gap:g} mm" if isinstance(gap, int | float) else "n/a"),
+            ("Stored type", volume.get("dtype") or "n/a"),
+            ("Device", record.get("device")),
+        ],
+        x=_ML,
+        width=col_w,
+        key_w=70,
+    )
 
     noise = record.get("noise")
     x = _ML + col_w + 16
@@ -362,8 +405,14 @@ def _draw_volume_and_noise(doc: _Layout, record: Mapping[str, Any]) -> None:
         doc.text(x + 8 + 2 * col_w / 3, "Reduction", color=_GREY, y=doc.y + 3)
         doc.text(x + 8, format_noise(before, unit), size=13, weight="bold", y=doc.y + 16)
         doc.text(x + 8 + col_w / 3, format_noise(after, unit), size=13, weight="bold", y=doc.y + 16)
-        doc.text(x + 8 + 2 * col_w / 3, format_reduction(before, after), size=13, weight="bold",
-                 color="#1e7b34", y=doc.y + 16)
+        doc.text(
+            x + 8 + 2 * col_w / 3,
+            format_reduction(before, after),
+            size=13,
+            weight="bold",
+            color="#1e7b34",
+            y=doc.y + 16,
+        )
         est = _wrap("Estimator: " + str(noise.get("estimator") or "n/a"), col_w - 16, 7.5)
         for i, line in enumerate(est[:2]):
             doc.text(x + 8, line, size=7.5, color=_GREY, y=doc.y + 38 + 10 * i)
@@ -417,9 +466,15 @@ def _draw_training(doc: _Layout, record: Mapping[str, Any]) -> None:
     for stage, value in timings.items():
         is_total = stage == "total"
         if is_total:
-            doc.fig.add_artist(Line2D(
-                [doc.fx(x), doc.fx(x + col_w)], [doc.fy(y - 2), doc.fy(y - 2)],
-                transform=doc.fig.transFigure, color=_RULE, lw=0.6))
+            doc.fig.add_artist(
+                Line2D(
+                    [doc.fx(x), doc.fx(x + col_w)],
+                    [doc.fy(y - 2), doc.fy(y - 2)],
+                    transform=doc.fig.transFigure,
+                    color=_RULE,
+                    lw=0.6,
+                )
+            )
         weight = "bold" if is_total else "normal"
         doc.text(x, stage.replace("_", " "), y=y, weight=weight)
         doc.text(x + col_w * 0.62, _fmt_seconds(value), y=y, ha="right", weight=weight)
@@ -497,7 +552,9 @@ def _draw_montage(doc: _Layout, montage_png: bytes | None, record: Mapping[str, 
         "the same display window; "
         "the difference (before - after) uses a symmetric window centred on mid grey. Structure visible "
         "in the difference image indicates that anatomy, not only noise, was removed.",
-        size=7.5, color=_GREY)
+        size=7.5,
+        color=_GREY,
+    )
 
 
 def _draw_loss(doc: _Layout, record: Mapping[str, Any]) -> None:
@@ -508,8 +565,7 @@ def _draw_loss(doc: _Layout, record: Mapping[str, Any]) -> None:
     doc.section("Training loss", min_body=150)
     steps, losses = zip(*points, strict=True)
     height = 140.0
-    ax = doc.fig.add_axes((doc.fx(_ML + 40), doc.fy(doc.y + height), (_CONTENT_W - 50) / _PAGE_W,
-                           height / _PAGE_H))
+    ax = doc.fig.add_axes((doc.fx(_ML + 40), doc.fy(doc.y + height), (_CONTENT_W - 50) / _PAGE_W, height / _PAGE_H))
     ax.plot(steps, losses, color="#3c6eb4", lw=1.2)
     positive = [v for v in losses if v > 0]
     if positive and len(positive) == len(losses) and max(positive) / min(positive) > 20:

@@ -68,9 +68,7 @@ def foreground_values(volume: np.ndarray, padding_mask: np.ndarray | None = None
     return values[np.isfinite(values)]
 
 
-def display_window(
-    modality: str, volume: np.ndarray, padding_mask: np.ndarray | None = None
-) -> tuple[float, float]:
+def display_window(modality: str, volume: np.ndarray, padding_mask: np.ndarray | None = None) -> tuple[float, float]:
     """Return the display window ``(low, high)`` for the *before* and *after* images.
 
     Args:

@@ -7,4 +7,5 @@ scripts/setup.sh --dev
 # Holoscan wants a 32 MiB stack (it warns and may crash on deep recursion below that).
 ulimit -s 32768
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

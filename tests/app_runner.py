@@ -68,8 +68,16 @@ def run_app(
     full_env.update(env or {})
     cmd = [sys.executable, str(REPO / "app"), "-i", str(input_dir), "-o", str(output_dir), "-w", str(workdir)]
     cmd += extra_args or []
-    proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=_raise_stack_limit, check=False)
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_raise_stack_limit,
+        check=False,
+    )
     return AppRun(proc.returncode, proc.stdout + proc.stderr, Path(output_dir), Path(workdir))
 
 

@@ -115,8 +115,14 @@ class AppCase:
         return json.loads((self.series_workdir() / "run.json").read_text(encoding="utf-8"))
 
 
-def run_case(name: str, input_dir: Path, root: Path, env: dict[str, str] | None = None,
-             extra_args: list[str] | None = None, clean: np.ndarray | None = None) -> AppCase:
+def run_case(
+    name: str,
+    input_dir: Path,
+    root: Path,
+    env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    clean: np.ndarray | None = None,
+) -> AppCase:
     """Run the app (tiny training, one thread, plus ``env``) on ``input_dir``; output/work under ``root``."""
     digest = folder_digest(input_dir)
     run = run_app(input_dir, root / "out", root / "work", env={**ONE_THREAD, **(env or {})}, extra_args=extra_args)

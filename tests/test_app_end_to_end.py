@@ -39,8 +39,9 @@ from tests.dicom_factory import (
 
 pytestmark = pytest.mark.slow
 
-needs_dicom3tools = pytest.mark.skipif(not dicom_tools_available(),
-                                       reason="dciodvfy/dcentvfy (dicom3tools) not installed")
+needs_dicom3tools = pytest.mark.skipif(
+    not dicom_tools_available(), reason="dciodvfy/dcentvfy (dicom3tools) not installed"
+)
 
 #: highdicom's tolerance on slice positions: the MR sample's slice gaps vary from 6.958 to 7.071 mm.
 VOLUME_ATOL = {"ct": None, "mr": 0.2}
@@ -270,8 +271,9 @@ def reuse_case(ct_app_case: AppCase, tmp_path_factory: pytest.TempPathFactory) -
     return case, model_dir
 
 
-def test_saved_model_denoises_another_series_without_training(reuse_case: tuple[AppCase, Path],
-                                                              ct_app_case: AppCase) -> None:
+def test_saved_model_denoises_another_series_without_training(
+    reuse_case: tuple[AppCase, Path], ct_app_case: AppCase
+) -> None:
     case, model_dir = reuse_case
     log = case.run.log
     assert "inference only, no training" in log
@@ -345,4 +347,3 @@ def test_selector_rules_exclude_derived_and_secondary() -> None:
     assert selection["conditions"]["ImageType"] == ["!derived", "!secondary"]
     assert re.fullmatch(selection["conditions"]["Modality"].removeprefix("(?i)"), "CT")
     assert not re.fullmatch(selection["conditions"]["Modality"].removeprefix("(?i)"), "DOC")
-

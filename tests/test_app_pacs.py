@@ -109,8 +109,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     config_path.write_text(json.dumps(config, indent=2))
     log = tmp_path / "orthanc.log"
     with log.open("wb") as log_file:
-        process = subprocess.Popen([ORTHANC, str(config_path)], cwd=tmp_path, stdout=log_file,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen([ORTHANC, str(config_path)], cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             server = Orthanc(dicom_port, http_port, log)
             _wait_until_up(server, process)
@@ -150,8 +149,7 @@ def case(request: pytest.FixtureRequest) -> AppCase:
     return app_case
 
 
-def test_derived_series_and_qa_report_land_in_the_source_study_of_a_real_pacs(case: AppCase,
-                                                                              orthanc: Orthanc) -> None:
+def test_derived_series_and_qa_report_land_in_the_source_study_of_a_real_pacs(case: AppCase, orthanc: Orthanc) -> None:
     source, derived, pdf = case.source(), case.derived(), case.pdf()
     sent = {
         "source": {str(ds.SOPInstanceUID) for _, ds in source},

@@ -94,8 +94,9 @@ def test_png_montage_exists_with_expected_size(qa_run):
 
 def test_qa_report_can_be_switched_off(tmp_path):
     write_ct_series(tmp_path / "in", add_correlated_noise(make_phantom((5, 32, 32), seed=4), sigma_hu=30, seed=5))
-    run = run_app(tmp_path / "in", tmp_path / "out", tmp_path / "work",
-                  env={"NSN2N_QA_REPORT": "false", "NSN2N_MAX_STEPS": "2"})
+    run = run_app(
+        tmp_path / "in", tmp_path / "out", tmp_path / "work", env={"NSN2N_QA_REPORT": "false", "NSN2N_MAX_STEPS": "2"}
+    )
     assert run.returncode == 0, run.log[-2000:]
     assert _pdf_instances(run) == []
     assert not list(run.workdir.rglob("qa_montage.png"))

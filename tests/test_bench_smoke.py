@@ -144,8 +144,15 @@ def test_mni_to_ct_mapping_ranges():
 def test_table_formatting_and_argument_checks():
     assert _fmt([float("nan")], 2) == "–"
     assert _fmt([1.0, 3.0], 1) == "2.0 ± 1.4"
-    row = {"psnr": 40.0, "ssim": 0.9, "psnr_w400": float("nan"), "ssim_w400": float("nan"),
-           "psnr_body": 39.0, "seconds": 1.5, "device": "cpu"}
+    row = {
+        "psnr": 40.0,
+        "ssim": 0.9,
+        "psnr_w400": float("nan"),
+        "ssim_w400": float("nan"),
+        "psnr_body": 39.0,
+        "seconds": 1.5,
+        "device": "cpu",
+    }
     lines = format_table({"a": [row], "b": []}, {"b": "skipped: x"})
     assert lines[2] == "| a | 40.00 | 0.9000 | – | – | 39.00 | 1.5 | cpu |"
     assert "skipped: x" in lines[3]
@@ -160,8 +167,10 @@ def test_merge_tables_puts_rows_of_separate_runs_into_one_table_per_volume(tmp_p
 
     def output(command: str, rows: dict[str, str]) -> str:
         table = "\n".join(f"| {label} | {value} | cpu |" for label, value in rows.items())
-        return (f"## NS-N2N quality benchmark\n\n- command: `{command}`\n\n### v1: volume one\n\n- data: d1\n\n"
-                f"| method | PSNR | device |\n|---|---|---|\n{table}\n\n" + "\n".join(footer()) + "\n")
+        return (
+            f"## NS-N2N quality benchmark\n\n- command: `{command}`\n\n### v1: volume one\n\n- data: d1\n\n"
+            f"| method | PSNR | device |\n|---|---|---|\n{table}\n\n" + "\n".join(footer()) + "\n"
+        )
 
     gpu = tmp_path / "main.md"
     gpu.write_text(output("gpu run", {METHODS["oracle"]: "44", METHODS["noisy"]: "38", METHODS["nsn2n"]: "43"}))
@@ -170,7 +179,11 @@ def test_merge_tables_puts_rows_of_separate_runs_into_one_table_per_volume(tmp_p
     lines = merge([parse(gpu), parse(cpu)])
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
     assert [r.split("|")[1].strip() for r in rows] == [
-        METHODS["noisy"], METHODS["nsn2n"], METHODS["nlm3d"], METHODS["oracle"]]
+        METHODS["noisy"],
+        METHODS["nsn2n"],
+        METHODS["nlm3d"],
+        METHODS["oracle"],
+    ]
     assert f"| {METHODS['noisy']} | 38 | cpu |" in rows  # the first run given wins a duplicate row
     assert "- command: `gpu run`" in lines and "- command: `cpu run`" in lines
     assert sum(line.startswith("### v1") for line in lines) == 1 and "- data: d1" in lines

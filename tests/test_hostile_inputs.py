@@ -74,12 +74,20 @@ def hu_volume(shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> np.ndarray:
     return add_correlated_noise(make_phantom(shape, seed=seed), sigma_hu=20.0, seed=seed + 1)
 
 
-def ct(folder: Path, *, shape: tuple[int, int, int] = SHAPE, seed: int = 0, prefix: str = "CT",
-       transfer_syntax: str = ExplicitVRLittleEndian, **kwargs: object) -> list[Path]:
+def ct(
+    folder: Path,
+    *,
+    shape: tuple[int, int, int] = SHAPE,
+    seed: int = 0,
+    prefix: str = "CT",
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    **kwargs: object,
+) -> list[Path]:
     """A CT series of ``shape`` written into ``folder`` (kwargs: see ``make_ct_datasets``)."""
     datasets = make_ct_datasets(hu_volume(shape, seed), **kwargs)  # type: ignore[arg-type]
-    return write_datasets(datasets, folder, transfer_syntax=transfer_syntax,
-                          filename_pattern=prefix + "{index:04d}.dcm")
+    return write_datasets(
+        datasets, folder, transfer_syntax=transfer_syntax, filename_pattern=prefix + "{index:04d}.dcm"
+    )
 
 
 def build_nothing(folder: Path) -> None:
@@ -124,8 +132,16 @@ def build_with_localizer(folder: Path) -> None:
     """An axial series and, in the same study, a 3-slice coronal LOCALIZER series."""
     study = str(generate_uid())
     ct(folder, study_uid=study, series_number=2, prefix="AX")
-    ct(folder, shape=(3, *SHAPE[1:]), study_uid=study, series_number=1, orientation=CORONAL,
-       image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), series_description="SCOUT", prefix="LOC")
+    ct(
+        folder,
+        shape=(3, *SHAPE[1:]),
+        study_uid=study,
+        series_number=1,
+        orientation=CORONAL,
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        series_description="SCOUT",
+        prefix="LOC",
+    )
 
 
 def build_positions(positions: list[float]) -> Callable[[Path], None]:
@@ -225,8 +241,14 @@ def jpeg_lossless_sv1(frame: np.ndarray, precision: int = 16) -> bytes:
     if nbits:
         put((1 << (8 - nbits)) - 1, 8 - nbits)  # pad with 1-bits
     rows, cols = frame.shape
-    sof3 = b"\xff\xc3" + (11).to_bytes(2, "big") + bytes([precision]) + rows.to_bytes(2, "big") + \
-        cols.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
+    sof3 = (
+        b"\xff\xc3"
+        + (11).to_bytes(2, "big")
+        + bytes([precision])
+        + rows.to_bytes(2, "big")
+        + cols.to_bytes(2, "big")
+        + bytes([1, 1, 0x11, 0])
+    )
     bits = bytes([0, 0, 0, 0, 17] + [0] * 11)
     dht = b"\xff\xc4" + (2 + 1 + 16 + 17).to_bytes(2, "big") + b"\x00" + bits + bytes(range(17))
     sos = b"\xff\xda" + (8).to_bytes(2, "big") + bytes([1, 1, 0x00, 1, 0, 0])
@@ -285,8 +307,15 @@ def build_good_and_bad(folder: Path) -> None:
     """Two series of one study: a good one, and one with two slices at the same position."""
     study = str(generate_uid())
     ct(folder, study_uid=study, series_number=2, prefix="GOOD")
-    ct(folder, study_uid=study, series_number=5, seed=7, prefix="BAD",
-       slice_positions=[0.0, 2.5, 5.0, 5.0, 7.5, 10.0], series_description="BAD")
+    ct(
+        folder,
+        study_uid=study,
+        series_number=5,
+        seed=7,
+        prefix="BAD",
+        slice_positions=[0.0, 2.5, 5.0, 5.0, 7.5, 10.0],
+        series_description="BAD",
+    )
 
 
 def build_good(folder: Path) -> None:
@@ -446,8 +475,14 @@ def check_localizer(result: Result) -> None:
 def check_same_geometry(result: Result) -> None:
     (series,) = result.image_series
     for ds, src in zip(series, sources_of(result, series), strict=True):
-        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "FrameOfReferenceUID",
-                        "Rows", "Columns"):
+        for keyword in (
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+            "FrameOfReferenceUID",
+            "Rows",
+            "Columns",
+        ):
             assert ds.get(keyword) == src.get(keyword), keyword
     normal = np.cross(*np.reshape([float(v) for v in series[0].ImageOrientationPatient], (2, 3)))
     along = [float(np.dot([float(v) for v in ds.ImagePositionPatient], normal)) for ds in series]
@@ -472,8 +507,9 @@ def check_round_trip(result: Result) -> None:
     source = load_series(read_dicom_folder(result.input))
     model = TrainedModel.load(result.run.workdir / "nsn2n" / source.series_instance_uid)
     config = DenoiseConfig(device="cpu", unet_width=model.network.width, unet_depth=model.network.depth)
-    denoised = denoise_volume(source.volume, source.spacing, "CT", config, padding_mask=source.padding_mask,
-                              initial_model=model).denoised
+    denoised = denoise_volume(
+        source.volume, source.spacing, "CT", config, padding_mask=source.padding_mask, initial_model=model
+    ).denoised
     written = load_series([(None, ds) for ds in series]).volume
     assert np.max(np.abs(written - denoised)) <= 0.5 + 1e-3
 
@@ -520,23 +556,40 @@ DUPLICATE = [0.0, 2.5, 5.0, 5.0, 7.5, 10.0]
 
 CASES: dict[str, Case] = {
     "empty_folder": Case(build_nothing, 3, ("no DICOM image instances", "0 file(s) examined")),
-    "non_dicom_files": Case(build_non_dicom, 3, ("no DICOM image instances", "4 file(s) examined"),
-                            log=("no SOP Class UID or SOP Instance UID",)),
-    "dicomdir_only": Case(build_dicomdir_only, 3, ("no DICOM image instances", "1 file(s) examined"),
-                          log=("Ignoring DICOMDIR",)),
+    "non_dicom_files": Case(
+        build_non_dicom,
+        3,
+        ("no DICOM image instances", "4 file(s) examined"),
+        log=("no SOP Class UID or SOP Instance UID",),
+    ),
+    "dicomdir_only": Case(
+        build_dicomdir_only, 3, ("no DICOM image instances", "1 file(s) examined"), log=("Ignoring DICOMDIR",)
+    ),
     "one_slice": Case(build_slices(1), 3, ("no series to denoise", "only 1 slice(s)")),
     "two_slices": Case(build_slices(2), 3, ("no series to denoise", "only 2 slice(s)")),
-    "two_studies": Case(build_two_studies, 0, derived=2, env={"NSN2N_QA_REPORT": "true"},
-                        log=("done: 2 derived series written",), check=check_two_studies),
-    "localizer_and_axial": Case(build_with_localizer, 0, derived=1, log=("not denoised: localizer",),
-                                check=check_localizer),
+    "two_studies": Case(
+        build_two_studies,
+        0,
+        derived=2,
+        env={"NSN2N_QA_REPORT": "true"},
+        log=("done: 2 derived series written",),
+        check=check_two_studies,
+    ),
+    "localizer_and_axial": Case(
+        build_with_localizer, 0, derived=1, log=("not denoised: localizer",), check=check_localizer
+    ),
     "duplicate_positions": Case(build_positions(DUPLICATE), 3, ("duplicate slice position 5.000 mm",)),
-    "missing_slice": Case(build_positions([0.0, 2.5, 5.0, 10.0, 12.5, 15.0]), 3,
-                          ("missing slice(s) between positions 5.000 mm and 10.000 mm",)),
-    "non_uniform_spacing_slight": Case(build_positions([0.0, 2.5, 5.0, 7.8, 10.3, 12.8]), 0, derived=1,
-                                       log=("slightly non-uniform slice spacing",)),
-    "non_uniform_spacing_irregular": Case(build_positions([0.0, 2.5, 5.0, 6.0, 8.5, 11.0]), 3,
-                                          ("irregular slice positions",)),
+    "missing_slice": Case(
+        build_positions([0.0, 2.5, 5.0, 10.0, 12.5, 15.0]),
+        3,
+        ("missing slice(s) between positions 5.000 mm and 10.000 mm",),
+    ),
+    "non_uniform_spacing_slight": Case(
+        build_positions([0.0, 2.5, 5.0, 7.8, 10.3, 12.8]), 0, derived=1, log=("slightly non-uniform slice spacing",)
+    ),
+    "non_uniform_spacing_irregular": Case(
+        build_positions([0.0, 2.5, 5.0, 6.0, 8.5, 11.0]), 3, ("irregular slice positions",)
+    ),
     "oblique": Case(build_oblique, 0, derived=1, check=check_same_geometry),
     "mixed_rows_columns": Case(build_mixed_sizes, 3, ("CT0003.dcm", "mixed image sizes: 16x16 vs 32x32")),
     "truncated_file": Case(build_truncated, 3, ("CT0003.dcm",)),
@@ -544,42 +597,59 @@ CASES: dict[str, Case] = {
     "rgb": Case(build_rgb, 3, ("colour images are not supported", "Photometric Interpretation RGB")),
     "jpeg_lossless": Case(build_jpeg_lossless, 0, derived=1, check=check_uncompressed),
     "rle_lossless": Case(build_rle, 0, derived=1, check=check_uncompressed),
-    "enhanced_multiframe_ct": Case(build_enhanced, 3, ("enhanced.dcm", "Enhanced CT Image Storage",
-                                                       "multi-frame", "not supported")),
-    "float_rescale": Case(build_float_rescale, 0, derived=1, env={"NSN2N_SAVE_MODEL": "true"},
-                          check=check_round_trip),
+    "enhanced_multiframe_ct": Case(
+        build_enhanced, 3, ("enhanced.dcm", "Enhanced CT Image Storage", "multi-frame", "not supported")
+    ),
+    "float_rescale": Case(build_float_rescale, 0, derived=1, env={"NSN2N_SAVE_MODEL": "true"}, check=check_round_trip),
     "pixel_padding_value": Case(build_padding, 0, derived=1, check=check_padding),
     "already_derived": Case(build_derived, 3, ("not DERIVED/SECONDARY", "CT DERIVED (6 instance(s))")),
-    "output_is_a_file": Case(build_good, 4, ("output folder", "out", "not a folder"), output=output_is_file,
-                             check=check_output_file),
+    "output_is_a_file": Case(
+        build_good, 4, ("output folder", "out", "not a folder"), output=output_is_file, check=check_output_file
+    ),
     "output_under_a_file": Case(build_good, 4, ("output folder", "blocker/out"), output=output_under_file),
     "workdir_under_a_file": Case(build_good, 4, ("work folder", "blocker/work"), workdir=workdir_under_file),
     "read_only_input": Case(build_good, 0, derived=1, read_only_input=True),
-    "strict_one_bad_of_two": Case(build_good_and_bad, 5, ("strict mode", "duplicate slice position"),
-                                  env={"NSN2N_STRICT": "true"}, check=check_strict),
-    "non_strict_one_bad_of_two": Case(build_good_and_bad, 0, derived=1, check=check_good_one_written,
-                                      log=("skipped: ", "duplicate slice position", "1 series skipped")),
+    "strict_one_bad_of_two": Case(
+        build_good_and_bad,
+        5,
+        ("strict mode", "duplicate slice position"),
+        env={"NSN2N_STRICT": "true"},
+        check=check_strict,
+    ),
+    "non_strict_one_bad_of_two": Case(
+        build_good_and_bad,
+        0,
+        derived=1,
+        check=check_good_one_written,
+        log=("skipped: ", "duplicate slice position", "1 series skipped"),
+    ),
     "config_bad_value": Case(build_good, 2, ("NSN2N_MAX_STEPS", "abc"), env={"NSN2N_MAX_STEPS": "abc"}),
-    "config_unknown_key": Case(build_good, 2, ("NSN2N_NO_SUCH_KEY", "unknown key"),
-                               env={"NSN2N_NO_SUCH_KEY": "1"}),
-    "input_does_not_exist": Case(build_nothing, 3, ("input folder does not exist", "src/missing"),
-                                 missing_input=True),
+    "config_unknown_key": Case(build_good, 2, ("NSN2N_NO_SUCH_KEY", "unknown key"), env={"NSN2N_NO_SUCH_KEY": "1"}),
+    "input_does_not_exist": Case(build_nothing, 3, ("input folder does not exist", "src/missing"), missing_input=True),
 }
 
 
 @pytest.fixture(scope="module")
-def results(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-        dict[str, Future[Result]]]:
+def results(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Result]]]:
     """Runs the selected cases (all, for the battery-wide test), two at a time."""
     module = request.module.__name__
-    selected = [item.callspec.params["name"] for item in request.session.items
-                if item.module.__name__ == module and hasattr(item, "callspec") and "name" in item.callspec.params]
-    if any(item.name == "test_no_patient_identifiers_in_any_log" for item in request.session.items
-           if item.module.__name__ == module):
+    selected = [
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.module.__name__ == module and hasattr(item, "callspec") and "name" in item.callspec.params
+    ]
+    if any(
+        item.name == "test_no_patient_identifiers_in_any_log"
+        for item in request.session.items
+        if item.module.__name__ == module
+    ):
         selected = list(CASES)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(execute, CASES[name], tmp_path_factory.mktemp(name))
-                   for name in dict.fromkeys(selected)}
+        futures = {
+            name: pool.submit(execute, CASES[name], tmp_path_factory.mktemp(name)) for name in dict.fromkeys(selected)
+        }
         yield futures
     if os.environ.get("HOSTILE_SUMMARY"):  # the messages docs/errors.md quotes
         write_summary(Path(os.environ["HOSTILE_SUMMARY"]), futures)
@@ -592,9 +662,11 @@ def write_summary(path: Path, futures: dict[str, Future[Result]]) -> None:
         if future.exception() is not None:
             continue
         run = future.result().run
-        notable = [re.sub(r"^\[[^]]*\] \[\w+\] \([\w.]+\) - |^\S+ \S+ \w+ [\w.]+: ", "", line)
-                   for line in run.log.splitlines()
-                   if "failed (exit code" in line or ("WARN" in line and "(nsn2n" in line)]
+        notable = [
+            re.sub(r"^\[[^]]*\] \[\w+\] \([\w.]+\) - |^\S+ \S+ \w+ [\w.]+: ", "", line)
+            for line in run.log.splitlines()
+            if "failed (exit code" in line or ("WARN" in line and "(nsn2n" in line)
+        ]
         lines.append(f"- `{name}`: exit {run.returncode}")
         lines += [f"    - `{line.strip()}`" for line in notable]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -648,7 +720,10 @@ def test_resolve_paths_flags_then_environment_then_defaults(tmp_path: Path) -> N
     env = {"HOLOSCAN_INPUT_PATH": str(tmp_path / "env_in"), "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "env_out")}
     argv = ["python", "app", "-l", "DEBUG", "-i", str(tmp_path / "flag_in"), "-m", "models"]
     assert resolve_paths(argv, env, default_workdir=tmp_path / "w") == (
-        tmp_path / "flag_in", tmp_path / "env_out", tmp_path / "w")
+        tmp_path / "flag_in",
+        tmp_path / "env_out",
+        tmp_path / "w",
+    )
     assert resolve_paths(["python", "app", "-i"], env) is None  # the SDK reports a bad command line
 
 

@@ -9,8 +9,17 @@ import torch
 
 from nsn2n import ConfigError, DenoiseConfig, TrainedModel, VolumeError, denoise_volume
 
-TINY = DenoiseConfig(max_steps=200, batch_size=4, crop_size=32, unet_width=8, unet_depth=2, learning_rate=3e-3,
-                     log_every_s=60, device="cpu", seed=3)
+TINY = DenoiseConfig(
+    max_steps=200,
+    batch_size=4,
+    crop_size=32,
+    unet_width=8,
+    unet_depth=2,
+    learning_rate=3e-3,
+    log_every_s=60,
+    device="cpu",
+    seed=3,
+)
 
 
 def _phantom(depth: int = 8, size: int = 48) -> np.ndarray:
@@ -153,8 +162,9 @@ def test_bad_config_values_name_the_field(field, value, message):
 
 
 def test_config_from_mapping_converts_strings_and_rejects_unknown_keys():
-    cfg = DenoiseConfig.from_mapping({"max_steps": "250", "self_ensemble": "true", "time_budget_s": "none",
-                                      "device": "CPU"})
+    cfg = DenoiseConfig.from_mapping(
+        {"max_steps": "250", "self_ensemble": "true", "time_budget_s": "none", "device": "CPU"}
+    )
     assert cfg.max_steps == 250 and cfg.self_ensemble is True and cfg.time_budget_s is None
     assert cfg.device == "cpu"
     with pytest.raises(ConfigError, match="unknown parameter"):
@@ -197,10 +207,14 @@ def test_residual_clip_bounds_every_change_by_the_local_noise(noisy_case, tiny_r
     change = np.abs(tiny_result.denoised - noisy)
     assert np.all(change <= k * sigma * 1.001 + 0.05)
     assert np.any(change > TINY.residual_clip_unmatched_k * sigma)  # the looser limit of matched pixels is used
-    unclipped = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT",
-                               TINY.replace(residual_clip_k=None, residual_clip_unmatched_k=None, max_steps=30))
-    assert unclipped.report["residual_clip"] == {"k_matched": None, "k_unmatched": None,
-                                                 "unit": "local noise standard deviation (nsn2n.residual_clip)"}
+    unclipped = denoise_volume(
+        noisy, (1.0, 0.7, 0.7), "CT", TINY.replace(residual_clip_k=None, residual_clip_unmatched_k=None, max_steps=30)
+    )
+    assert unclipped.report["residual_clip"] == {
+        "k_matched": None,
+        "k_unmatched": None,
+        "unit": "local noise standard deviation (nsn2n.residual_clip)",
+    }
 
 
 def test_local_noise_sigma_follows_non_stationary_noise_and_ignores_unmatched_pixels():

@@ -14,8 +14,17 @@ from nsn2n import DenoiseConfig
 from nsn2n.training import PairSampler, TrainingStats, nsn2n_step, train_network
 from nsn2n.unet import ResidualUNet
 
-CONFIG = DenoiseConfig(max_steps=80, batch_size=2, crop_size=24, unet_width=8, unet_depth=2, learning_rate=1e-3,
-                       log_every_s=60, device="cpu", seed=0)
+CONFIG = DenoiseConfig(
+    max_steps=80,
+    batch_size=2,
+    crop_size=24,
+    unet_width=8,
+    unet_depth=2,
+    learning_rate=1e-3,
+    log_every_s=60,
+    device="cpu",
+    seed=0,
+)
 
 
 def _sampler() -> PairSampler:

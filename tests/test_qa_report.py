@@ -72,16 +72,17 @@ def _record(**overrides) -> dict:
             "series_description": DERIVED_DESCRIPTION,
             "output_folder": "/tmp/out/1.2.826.0.1.3680043.8.498.12",
         },
-        volume={"shape": [40, 64, 48], "spacing_mm": [1.25, 0.7, 0.7], "slice_gap_max_mm": 1.25,
-                "dtype": "int16"},
+        volume={"shape": [40, 64, 48], "spacing_mm": [1.25, 0.7, 0.7], "slice_gap_max_mm": 1.25, "dtype": "int16"},
         device="cpu",
         parameters={"max_steps": 200, "time_budget_s": 900, "lr": 3e-4, "amp": False, "seed": 0},
-        timings_s={"load": 0.5, "weight_map": 0.1, "train": 12.25, "inference": 0.75, "write": 0.4,
-                   "total": 14.0},
-        training={"steps": 200, "stopped_by": "max_steps", "final_loss": 0.0123,
-                  "loss_history": downsample_loss_history([0.1 / (1 + i / 20) for i in range(200)], 50)},
-        noise={"estimator": "MAD of Laplacian residual (Immerkaer)", "before": 25.3125, "after": 6.1234,
-               "unit": "HU"},
+        timings_s={"load": 0.5, "weight_map": 0.1, "train": 12.25, "inference": 0.75, "write": 0.4, "total": 14.0},
+        training={
+            "steps": 200,
+            "stopped_by": "max_steps",
+            "final_loss": 0.0123,
+            "loss_history": downsample_loss_history([0.1 / (1 + i / 20) for i in range(200)], 50),
+        },
+        noise={"estimator": "MAD of Laplacian residual (Immerkaer)", "before": 25.3125, "after": 6.1234, "unit": "HU"},
         warnings=["Slice spacing irregular: largest gap 1.30 mm"],
     )
     record.update(overrides)
@@ -155,14 +156,31 @@ def test_montage_rows_follow_slices_and_padding(tmp_path: Path) -> None:
     assert choose_slices(10, padding) == [5, 6, 8]
     assert choose_slices(1) == [0]
 
-    png = save_montage(tmp_path / "qa" / "montage.png", before, after, "CT", padding_mask=padding,
-                       slices=[4, 4, 9], title="rows", noise_before=25.0, pixel_spacing=(0.5, 1.0))
+    png = save_montage(
+        tmp_path / "qa" / "montage.png",
+        before,
+        after,
+        "CT",
+        padding_mask=padding,
+        slices=[4, 4, 9],
+        title="rows",
+        noise_before=25.0,
+        pixel_spacing=(0.5, 1.0),
+    )
     assert (tmp_path / "qa" / "montage.png").read_bytes() == png
     assert [p.name for p in (tmp_path / "qa").iterdir()] == ["montage.png"]
     assert Image.open(io.BytesIO(png)).size == montage_size(2) == (880, 136 + 264 * 2)
     # Deterministic.
-    assert png == render_montage(before, after, "CT", padding_mask=padding, slices=[4, 9], title="rows",
-                                 noise_before=25.0, pixel_spacing=(0.5, 1.0))
+    assert png == render_montage(
+        before,
+        after,
+        "CT",
+        padding_mask=padding,
+        slices=[4, 9],
+        title="rows",
+        noise_before=25.0,
+        pixel_spacing=(0.5, 1.0),
+    )
     with pytest.raises(ValueError, match="out of range"):
         render_montage(before, after, "CT", slices=[10], title="bad")
     with pytest.raises(ValueError, match="equal shape"):
@@ -180,8 +198,9 @@ def _pdf_text(pdf: bytes) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def montage_png() -> bytes:
     before = _phantom((12, 64, 48), noise=25)
-    return render_montage(before, _phantom((12, 64, 48), noise=5, seed=4), "CT", title=SOURCE_DESCRIPTION,
-                          noise_before=25.3)
+    return render_montage(
+        before, _phantom((12, 64, 48), noise=5, seed=4), "CT", title=SOURCE_DESCRIPTION, noise_before=25.3
+    )
 
 
 def test_pdf_contains_key_facts(montage_png: bytes, tmp_path: Path) -> None:
@@ -211,8 +230,9 @@ def test_pdf_contains_key_facts(montage_png: bytes, tmp_path: Path) -> None:
 
 
 def test_pdf_failed_run_and_unsafe_text() -> None:
-    record = _record(status="failed", error="CUDA out of memory \u2014 retry on cpu", derived=None,
-                     noise=None, training=None)
+    record = _record(
+        status="failed", error="CUDA out of memory \u2014 retry on cpu", derived=None, noise=None, training=None
+    )
     record["source"]["series_description"] = "T2 \u2192 $\\alpha$ axial \u4e2d"
     validate_run_record(record)
     pdf = render_report_pdf(record, None)
@@ -244,8 +264,9 @@ def test_schema_is_valid_draft_2020_12() -> None:
 
 def test_valid_record_validates() -> None:
     validate_run_record(_record())
-    skipped = _record(status="skipped", derived=None, volume=None, noise=None, training=None,
-                      warnings=["not a CT/MR image series"])
+    skipped = _record(
+        status="skipped", derived=None, volume=None, noise=None, training=None, warnings=["not a CT/MR image series"]
+    )
     validate_run_record(skipped)
 
 
