@@ -10,11 +10,12 @@ and reused alone. Typical use::
 
 __version__ = "0.1.0"
 
-from .api import DenoiseResult, TrainedModel, denoise_volume, fit_supervised_oracle, select_device
+from .api import MIN_SLICES, DenoiseResult, TrainedModel, denoise_volume
 from .config import ConfigError, DenoiseConfig
 from .errors import VolumeError
 
 __all__ = [
+    "MIN_SLICES",
     "ConfigError",
     "DenoiseConfig",
     "DenoiseResult",
@@ -22,6 +23,4 @@ __all__ = [
     "VolumeError",
     "__version__",
     "denoise_volume",
-    "fit_supervised_oracle",
-    "select_device",
 ]

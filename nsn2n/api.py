@@ -1,4 +1,4 @@
-"""Public entry points: denoise one volume, save/load the trained model, and the supervised oracle."""
+"""Public entry points: denoise one volume with :func:`denoise_volume`; save and load the trained model."""
 
 from __future__ import annotations
 
@@ -20,23 +20,19 @@ from .inference import denoise_slices
 from .intensity import IntensityNormalizer, output_range
 from .noise import NOISE_ESTIMATOR, paired_slice_noise_sigma
 from .residual_clip import clip_residual_per_pixel
-from .training import PairSampler, TrainingStats, nsn2n_step, supervised_step, train_network
+from .training import PairSampler, TrainingStats, nsn2n_step, train_network
 from .unet import ResidualUNet
 from .weight_map import WeightMaps, compute_weight_maps
 
-__all__ = [
-    "DenoiseResult",
-    "TrainedModel",
-    "denoise_volume",
-    "fit_supervised_oracle",
-    "select_device",
-]
+__all__ = ["MIN_SLICES", "DenoiseResult", "TrainedModel", "denoise_volume"]
 
 log = logging.getLogger("nsn2n")
 
 MODEL_FILE = "nsn2n_model.pt"
 MODEL_INFO_FILE = "nsn2n_model.json"
+#: NS-N2N needs a slice and its two neighbours.
 MIN_SLICES = 3
+#: Shortest slice side (pixels) the U-Net and the weight maps' tiles work with.
 MIN_SIDE = 16
 
 
@@ -164,7 +160,12 @@ def validate_volume(volume: np.ndarray, valid: np.ndarray | None, name: str = "v
         raise VolumeError(f"{name}: padding mask shape {valid.shape} differs from volume shape {volume.shape}")
 
 
-def _check_spacing(spacing: Sequence[float], config: DenoiseConfig) -> tuple[tuple[float, float, float], list[str]]:
+def check_spacing(spacing: Sequence[float], config: DenoiseConfig) -> tuple[tuple[float, float, float], list[str]]:
+    """``(dz, dy, dx)`` as floats and the warnings they call for (slices too far apart).
+
+    Raises:
+        VolumeError: a spacing that is not three positive numbers.
+    """
     try:
         dz, dy, dx = (float(s) for s in spacing)
     except (TypeError, ValueError):
@@ -181,7 +182,8 @@ def _check_spacing(spacing: Sequence[float], config: DenoiseConfig) -> tuple[tup
     return (dz, dy, dx), warnings
 
 
-def _prepare(volume: np.ndarray, padding_mask: np.ndarray | None, modality: str, normalizer=None):
+def prepare_volume(volume: np.ndarray, padding_mask: np.ndarray | None, modality: str, normalizer=None):
+    """Validate ``volume``; ``(valid mask, normalizer, normalised float32 volume)``."""
     valid = None if padding_mask is None else ~padding_mask.astype(bool)
     validate_volume(volume, valid)
     normalizer = normalizer or IntensityNormalizer.for_volume(volume, modality, valid)
@@ -190,7 +192,8 @@ def _prepare(volume: np.ndarray, padding_mask: np.ndarray | None, modality: str,
     return valid_full, normalizer, normalised
 
 
-def _weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseConfig) -> WeightMaps:
+def configured_weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseConfig) -> WeightMaps:
+    """The weight maps of a normalised volume with the configured guide and threshold."""
     return compute_weight_maps(
         normalised,
         valid,
@@ -201,15 +204,17 @@ def _weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseC
     )
 
 
-def _seed(config: DenoiseConfig) -> None:
+def seed_torch(config: DenoiseConfig) -> None:
+    """Seed torch's generator and set its CPU threads, as every run must before building a network."""
     torch.manual_seed(config.seed)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
 
 
-def _finish(
+def to_input_units(
     normalizer: IntensityNormalizer, out_norm: np.ndarray, volume: np.ndarray, valid: np.ndarray, modality: str
 ) -> np.ndarray:
+    """Network output back in the input's units, clipped to its range, padding restored exactly."""
     denoised = normalizer.denormalize(out_norm)
     lo, hi = output_range(volume, modality)
     np.clip(denoised, lo, hi, out=denoised)
@@ -250,13 +255,13 @@ def denoise_volume(
     config = config or DenoiseConfig()
     modality = (modality or "OT").upper()
     t_start = time.monotonic()
-    spacing3, warnings = _check_spacing(spacing, config)
+    spacing3, warnings = check_spacing(spacing, config)
     for w in warnings:
         log.warning(w)
     device = select_device(config.device)
-    _seed(config)
+    seed_torch(config)
     reuse_normalizer = initial_model.normalizer if initial_model and modality == "CT" else None
-    valid_np, normalizer, normalised = _prepare(volume, padding_mask, modality, reuse_normalizer)
+    valid_np, normalizer, normalised = prepare_volume(volume, padding_mask, modality, reuse_normalizer)
     log.info(
         "NS-N2N: volume %s %s, spacing %.3g x %.3g x %.3g mm, device %s, torch threads %d",
         "x".join(map(str, volume.shape)),
@@ -270,7 +275,7 @@ def denoise_volume(
     t = time.monotonic()
     vol_t = torch.from_numpy(normalised).to(device)
     valid_t = torch.from_numpy(valid_np).to(device)
-    maps = _weight_maps(vol_t, valid_t, config)
+    maps = configured_weight_maps(vol_t, valid_t, config)
     timings["weight_map_s"] = time.monotonic() - t
     log.info(
         "weight maps: %d pairs, %.1f%% of pixels matched, %.2f s",
@@ -303,7 +308,7 @@ def denoise_volume(
         maps.weights if config.use_weight_map else None,
         valid_t,
         crop_size=config.crop_size,
-        fill=float((normalizer.fill_value - normalizer.offset) / normalizer.scale),
+        fill=float(normalizer.normalised_fill),
         seed=config.seed,
     )
     stats = train_network(network, sampler, nsn2n_step(config), config, steps=steps, device=device)
@@ -333,7 +338,7 @@ def denoise_volume(
         valid=valid_np,
         default_sigma=maps.pixel_sigma,
     )
-    denoised = _finish(normalizer, out_norm, volume, valid_np, modality)
+    denoised = to_input_units(normalizer, out_norm, volume, valid_np, modality)
     timings["inference_s"] = time.monotonic() - t
     noise_after = paired_slice_noise_sigma(denoised, maps.weights, valid_np)
     timings["total_s"] = time.monotonic() - t_start
@@ -401,56 +406,3 @@ def _stats_dict(stats: TrainingStats) -> dict[str, Any]:
         "loss_history": [[s, v] for s, v in stats.loss_history],
         "rollbacks": stats.rollbacks,
     }
-
-
-def fit_supervised_oracle(
-    noisy: np.ndarray,
-    clean: np.ndarray,
-    spacing: Sequence[float],
-    modality: str = "CT",
-    config: DenoiseConfig | None = None,
-) -> DenoiseResult:
-    """The benchmark's ceiling: the same network and budget trained with the clean volume as target.
-
-    No residual clip is applied: the clip is a safeguard for the self-supervised model, and the ceiling
-    should show what the network can do when it is told the truth.
-    """
-    config = config or DenoiseConfig()
-    modality = modality.upper()
-    spacing3, _ = _check_spacing(spacing, config)
-    device = select_device(config.device)
-    _seed(config)
-    valid_np, normalizer, normalised = _prepare(noisy, None, modality)
-    clean_norm = normalizer.normalize(clean)
-    network = ResidualUNet(config.unet_width, config.unet_depth).to(device)
-    t = time.monotonic()
-    sampler = PairSampler(
-        torch.from_numpy(normalised).to(device),
-        None,
-        torch.from_numpy(valid_np).to(device),
-        crop_size=config.crop_size,
-        fill=float((normalizer.fill_value - normalizer.offset) / normalizer.scale),
-        seed=config.seed,
-        target=torch.from_numpy(clean_norm).to(device),
-    )
-    stats = train_network(
-        network, sampler, supervised_step, config, steps=config.max_steps, device=device, label="oracle"
-    )
-    out = denoise_slices(
-        network,
-        normalised,
-        device=device,
-        batch=config.inference_batch,
-        self_ensemble=config.self_ensemble,
-        mixed_precision=config.mixed_precision,
-    )
-    denoised = _finish(normalizer, out, noisy, valid_np, modality)
-    report = {
-        "device": str(device),
-        "training": _stats_dict(stats),
-        "spacing_mm": list(spacing3),
-        "timings_s": {"train_s": stats.seconds, "total_s": time.monotonic() - t},
-    }
-    return DenoiseResult(
-        denoised=denoised, model=TrainedModel(network, normalizer, modality, {"oracle": True}), report=report
-    )

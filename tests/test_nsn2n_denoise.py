@@ -198,8 +198,8 @@ def test_residual_clip_bounds_every_change_by_the_local_noise(noisy_case, tiny_r
     clip = tiny_result.report["residual_clip"]
     assert (clip["k_matched"], clip["k_unmatched"]) == (TINY.residual_clip_k, TINY.residual_clip_unmatched_k)
     # The limits the library used: the same weight maps, the local sigma in HU (normalisation is linear).
-    valid, _, normalised = api._prepare(noisy, None, "CT", None)
-    weights = api._weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), TINY).weights.numpy()
+    valid, _, normalised = api.prepare_volume(noisy, None, "CT", None)
+    weights = api.configured_weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), TINY).weights.numpy()
     sigma = np.stack(list(local_noise_sigma(noisy, weights)))
     body = clean > -500
     assert 25 < float(np.median(sigma[body])) < 60  # injected: 40 HU, in-plane correlated
