@@ -255,7 +255,7 @@ def run_nsn2n(ctx: Context, use_weight_map: bool = True) -> Outcome:
     cfg = _nsn2n_config(ctx, use_weight_map=use_weight_map)
     t0 = time.time()
     res = nsn2n.denoise_volume(ctx.noisy, spacing=ctx.vol.spacing, modality=ctx.vol.modality, config=cfg)
-    return Outcome(np.asarray(res.denoised, np.float32), time.time() - t0, str(res.report["device"]))
+    return Outcome(np.asarray(res.denoised, np.float32), time.time() - t0, res.report.device)
 
 
 def run_nomask(ctx: Context) -> Outcome:

@@ -7,6 +7,7 @@ application's operators are thin adapters around it.
 
 from dicom_series.derived import (
     IMPLEMENTATION_CLASS_UID,
+    SOFTWARE_NAME,
     DerivedSeriesOptions,
     EncapsulatedPdfOptions,
     build_derived_series,
@@ -26,6 +27,7 @@ from dicom_series.writer import OutputError, write_series_atomically
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
+    "SOFTWARE_NAME",
     "DerivedSeriesOptions",
     "DicomReadError",
     "EncapsulatedPdfOptions",

@@ -40,6 +40,7 @@ from dicom_series.reader import SourceSeries, rescale_parameters, stored_value_r
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
+    "SOFTWARE_NAME",
     "DerivedSeriesOptions",
     "EncapsulatedPdfOptions",
     "build_derived_series",
@@ -49,6 +50,8 @@ __all__ = [
 #: Implementation Class UID (0002,0012) of this writer (PS3.7 D.3.3.2). A UUID-derived ``2.25`` UID
 #: (PS3.5 B.2), fixed so that every file we write names the same implementation.
 IMPLEMENTATION_CLASS_UID = UID("2.25.170181854264613745082906077097506737111")
+#: This software's name, as Manufacturer and Model Name of the equipment that made an instance, and in
+#: the run record.
 SOFTWARE_NAME = "nsn2n-denoise"
 
 DEFAULT_DERIVATION_DESCRIPTION = (

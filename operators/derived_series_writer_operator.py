@@ -19,6 +19,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 import nsn2n
 from dicom_series import (
+    SOFTWARE_NAME,
     DerivedSeriesOptions,
     EncapsulatedPdfOptions,
     build_derived_series,
@@ -26,7 +27,16 @@ from dicom_series import (
     write_series_atomically,
 )
 from dicom_series import OutputError as SeriesOutputError
-from qa_report import make_run_record, render_report_pdf, save_montage, write_run_record
+from qa_report import (
+    DerivedSeriesInfo,
+    QaReportFiles,
+    RunRecord,
+    SourceSeriesInfo,
+    VolumeInfo,
+    render_report_pdf,
+    save_montage,
+    write_run_record,
+)
 
 from .nsn2n_operator import series_workdir
 from .run_outcome import InputError, OutputError, RunOutcome, SeriesJob
@@ -117,12 +127,7 @@ class DerivedSeriesWriterOperator(Operator):
         series_uid = str(datasets[0].SeriesInstanceUID)
         folder = self._write(datasets, series_uid)
         job.written.append(folder)
-        job.record["derived"] = {
-            "series_instance_uid": series_uid,
-            "series_number": options.series_number,
-            "series_description": self.series_description,
-            "output_folder": str(folder),
-        }
+        job.derived = DerivedSeriesInfo(series_uid, options.series_number, self.series_description, str(folder))
         log.info(
             "series %s: derived series %s written: %d instances in %s",
             job.series_uid,
@@ -130,7 +135,7 @@ class DerivedSeriesWriterOperator(Operator):
             len(datasets),
             folder,
         )
-        job.timings["write"] = time.monotonic() - t
+        job.write_s = time.monotonic() - t
         if self.qa_report:
             self.write_qa(job, datasets)
 
@@ -144,12 +149,11 @@ class DerivedSeriesWriterOperator(Operator):
             result.denoised,
             source.modality,
             padding_mask=source.padding_mask,
-            noise_before=result.report["noise"]["before"],
+            noise_before=result.report.noise.before,
             pixel_spacing=source.spacing[1:],
             title=f"{job.label} - NS-N2N",
         )
-        record = self.record(job, status="ok")
-        pdf = render_report_pdf(record, montage)
+        pdf = render_report_pdf(self.record(job, status="ok").as_dict(), montage)
         ds = build_encapsulated_pdf(
             source,
             pdf,
@@ -163,75 +167,43 @@ class DerivedSeriesWriterOperator(Operator):
         )
         folder = self._write([ds], str(ds.SeriesInstanceUID))
         job.written.append(folder)
-        job.record["qa_report"] = {
-            "montage_png": str(montage_path),
-            "pdf": str(folder),
-            "pdf_series_instance_uid": str(ds.SeriesInstanceUID),
-        }
+        job.qa_files = QaReportFiles(str(montage_path), str(folder), str(ds.SeriesInstanceUID))
         log.info("series %s: QA report written (PDF %s, montage %s)", job.series_uid, folder, montage_path)
 
-    def record(self, job: SeriesJob, status: str) -> dict[str, Any]:
+    def record(self, job: SeriesJob, status: str) -> RunRecord:
         """The run record of ``job`` (schema: qa_report/run_record.schema.json)."""
         first = job.instances[0][1] if job.instances else None
-        source = {
-            "study_instance_uid": str(first.get("StudyInstanceUID", "")) if first else "",
-            "series_instance_uid": job.series_uid,
-            "series_description": str(first.get("SeriesDescription", "")) if first else "",
-            "modality": str(first.get("Modality", "")) if first else "",
-            "sop_class_uid": str(first.get("SOPClassUID", "")) if first else "",
-            "n_instances": len(job.instances),
-        }
-        report = job.result.report if job.result is not None else {}
-        sections: dict[str, Any] = {"status": status, "error": job.error}
-        warnings = list(job.source.warnings) if job.source is not None else []
+        volume = None
         if job.source is not None:
             gaps = job.source.slice_gaps
-            sections["volume"] = {
-                "shape": list(job.source.shape),
-                "spacing_mm": list(job.source.spacing),
-                "slice_gap_max_mm": float(np.max(gaps)) if len(gaps) else None,
-                "dtype": _stored_dtype(job.source.datasets[0]),
-            }
-        if report:
-            training = report["training"]
-            sections["training"] = (
-                None
-                if training["steps"] == 0
-                else {k: training[k] for k in ("steps", "stopped_by", "final_loss", "loss_history", "rollbacks")}
+            volume = VolumeInfo(
+                shape=job.source.shape,
+                spacing_mm=job.source.spacing,
+                slice_gap_max_mm=float(np.max(gaps)) if len(gaps) else None,
+                dtype=_stored_dtype(job.source.datasets[0]),
             )
-            sections["noise"] = report["noise"]
-            warnings += report["warnings"]
-            sections["model"] = {
-                "loaded_from": report["model"]["loaded_from"],
-                "saved_to": job.record.get("model_saved_to"),
-                "finetune_steps": report["model"]["finetune_steps"] or 0,
-            }
-        timings = dict(job.timings)
-        for stage in ("weight_map", "train", "inference"):
-            if f"{stage}_s" in report.get("timings_s", {}):
-                timings[stage] = report["timings_s"][f"{stage}_s"]
-        timings["total"] = sum(v for v in timings.values() if v is not None)
-        for key in ("derived", "qa_report"):
-            if key in job.record:
-                sections[key] = job.record[key]
-        return make_run_record(
+        return RunRecord(
+            software_name=SOFTWARE_NAME,
             software_version=nsn2n.__version__,
-            source=source,
-            device=report.get("device", "n/a"),
+            source=SourceSeriesInfo.from_dataset(first, job.series_uid, len(job.instances)),
             parameters=self.parameters,
-            timings_s=timings,
-            warnings=warnings,
-            **sections,
+            status=status,
+            error=job.error if status == "ok" else job.error or "not processed",
+            volume=volume,
+            report=job.result.report if job.result is not None else None,
+            derived=job.derived,
+            qa_report=job.qa_files,
+            model_saved_to=job.model_saved_to,
+            load_s=job.load_s,
+            write_s=job.write_s,
+            warnings=tuple(job.source.warnings) if job.source is not None else (),
         )
 
     def write_record(self, job: SeriesJob) -> None:
-        status = "ok" if job.ok and job.written else "skipped"
-        record = self.record(job, status=status)
-        if status != "ok":
-            record["error"] = job.error or "not processed"
+        record = self.record(job, status="ok" if job.ok and job.written else "skipped")
         path = series_workdir(self.workdir, job.series_uid) / "run.json"
         try:
-            write_run_record(path, record)
+            write_run_record(path, record.as_dict())
         except OSError as exc:
             raise OutputError(f"cannot write the run record {path}: {exc.strerror}") from None
         log.info("series %s: run record %s", job.series_uid, path)

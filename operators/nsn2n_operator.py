@@ -108,7 +108,7 @@ class NSN2NDenoiseOperator(Operator):
         if self.save_model and (saved is None or self.finetune_steps):
             folder = series_workdir(self.workdir, job.series_uid)
             try:
-                job.record["model_saved_to"] = str(job.result.model.save(folder))
+                job.model_saved_to = str(job.result.model.save(folder))
             except OSError as exc:
                 raise OutputError(f"cannot save the model into the work folder {folder}: {exc.strerror}") from None
-            log.info("series %s: model saved to %s", job.series_uid, job.record["model_saved_to"])
+            log.info("series %s: model saved to %s", job.series_uid, job.model_saved_to)

@@ -79,7 +79,11 @@ class SeriesJob:
         instances: (path, dataset) pairs of the source series as loaded.
         source: the validated volume (``dicom_series.SourceSeries``) once converted.
         result: the ``nsn2n.DenoiseResult`` once denoised.
-        record: run-record fields gathered along the way.
+        load_s: seconds to convert the series to a volume.
+        model_saved_to: where the trained model was saved, or ``None``.
+        derived: the derived series once written (``qa_report.DerivedSeriesInfo``).
+        write_s: seconds to build and write the derived series.
+        qa_files: the QA outputs once written (``qa_report.QaReportFiles``).
         error: why the series was skipped, or ``None``.
         written: output folders written for this series (derived series, QA report).
     """
@@ -89,8 +93,11 @@ class SeriesJob:
     instances: list[tuple[Path | None, Any]]
     source: Any = None
     result: Any = None
-    record: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
+    load_s: float | None = None
+    model_saved_to: str | None = None
+    derived: Any = None
+    write_s: float | None = None
+    qa_files: Any = None
     error: str | None = None
     written: list[Path] = field(default_factory=list)
 

@@ -116,7 +116,7 @@ class SeriesToVolumeOperator(Operator):
             except SeriesError as exc:  # its str() repeats "Series <uid>: ", which every message here names
                 self.outcome.fail_series(job, f"{exc.filename}: {exc.reason}" if exc.filename else exc.reason)
                 continue
-            job.timings["load"] = time.monotonic() - t
+            job.load_s = time.monotonic() - t
             for warning in job.source.warnings:
                 log.warning("series %s: %s", job.series_uid, warning)
             log.info(
