@@ -22,11 +22,13 @@ from dicom_series import (
     SOFTWARE_NAME,
     DerivedSeriesOptions,
     EncapsulatedPdfOptions,
+    OutputFolderError,
     build_derived_series,
     build_encapsulated_pdf,
+    derived_series_number,
+    stored_dtype,
     write_series_atomically,
 )
-from dicom_series import OutputError as SeriesOutputError
 from qa_report import (
     DerivedSeriesInfo,
     QaReportFiles,
@@ -46,11 +48,6 @@ __all__ = ["DerivedSeriesWriterOperator"]
 log = logging.getLogger("nsn2n.app")
 
 QA_SERIES_DESCRIPTION = "NS-N2N QA report (research use)"
-
-
-def _stored_dtype(ds) -> str:
-    """Stored pixel type of the source, e.g. ``int16`` (PixelRepresentation, BitsAllocated)."""
-    return f"{'int' if ds.get('PixelRepresentation', 0) else 'uint'}{ds.get('BitsAllocated', 16)}"
 
 
 class DerivedSeriesWriterOperator(Operator):
@@ -86,7 +83,7 @@ class DerivedSeriesWriterOperator(Operator):
             jobs: list[SeriesJob] = op_input.receive("jobs")
             for job in jobs:
                 if job.ok:
-                    self.write(job)
+                    self.write_series(job)
                 self.write_record(job)
             written = [job for job in jobs if job.written]
             if not written:
@@ -101,26 +98,31 @@ class DerivedSeriesWriterOperator(Operator):
                 sum(1 for j in jobs if not j.ok),
             )
 
-    def _series_number(self, job: SeriesJob, extra: int = 0) -> int | None:
-        number = job.source.datasets[0].get("SeriesNumber")
-        if number in (None, ""):
-            return None
-        return (int(number) + self.series_number_offset + extra) % 2**31
-
     def _write(self, datasets, folder_name: str) -> Path:
         try:
             return write_series_atomically(datasets, self.output_folder, folder_name)
-        except SeriesOutputError as exc:
+        except OutputFolderError as exc:
             raise OutputError(str(exc)) from None
         except PermissionError as exc:
             raise OutputError(f"cannot write into the output folder {self.output_folder}: {exc.strerror}") from None
 
-    def write(self, job: SeriesJob) -> None:
+    def write_series(self, job: SeriesJob) -> None:
+        try:
+            numbers = (
+                derived_series_number(job.source, self.series_number_offset),
+                derived_series_number(job.source, self.series_number_offset + 1, required=True),
+            )
+        except ValueError as exc:
+            self.outcome.fail_series(job, str(exc))
+            return
+        self.write(job, *numbers)
+
+    def write(self, job: SeriesJob, series_number: int | None, qa_series_number: int) -> None:
         t = time.monotonic()
         source, result = job.source, job.result
         options = DerivedSeriesOptions(
             series_description=self.series_description,
-            series_number=self._series_number(job),
+            series_number=series_number,
             software_version=nsn2n.__version__,
         )
         datasets = build_derived_series(source, result.denoised, options)
@@ -137,9 +139,9 @@ class DerivedSeriesWriterOperator(Operator):
         )
         job.write_s = time.monotonic() - t
         if self.qa_report:
-            self.write_qa(job, datasets)
+            self.write_qa(job, datasets, qa_series_number)
 
-    def write_qa(self, job: SeriesJob, derived) -> None:
+    def write_qa(self, job: SeriesJob, derived, series_number: int) -> None:
         source, result = job.source, job.result
         workdir = series_workdir(self.workdir, job.series_uid)
         montage_path = workdir / "qa_montage.png"
@@ -160,7 +162,7 @@ class DerivedSeriesWriterOperator(Operator):
             EncapsulatedPdfOptions(
                 document_title="NS-N2N denoising QA report (not for diagnostic use)",
                 series_description=QA_SERIES_DESCRIPTION,
-                series_number=self._series_number(job, extra=1),
+                series_number=series_number,
                 software_version=nsn2n.__version__,
             ),
             derived=derived,
@@ -180,7 +182,7 @@ class DerivedSeriesWriterOperator(Operator):
                 shape=job.source.shape,
                 spacing_mm=job.source.spacing,
                 slice_gap_max_mm=float(np.max(gaps)) if len(gaps) else None,
-                dtype=_stored_dtype(job.source.datasets[0]),
+                dtype=stored_dtype(job.source.datasets[0]).name,
             )
         return RunRecord(
             software_name=SOFTWARE_NAME,

@@ -21,7 +21,7 @@ from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators import DICOMDataLoaderOperator
 
-from dicom_series import DicomReadError, read_dicom_folder
+from dicom_series import DicomReadError, group_series, read_dicom_folder
 
 from .run_outcome import InputError, RunOutcome
 
@@ -53,25 +53,22 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             n_files = sum(1 for p in input_path.rglob("*") if p.is_file())
             raise InputError(f"no DICOM image instances in {input_path} ({n_files} file(s) examined)")
         studies: dict[str, DICOMStudy] = {}
-        series: dict[str, DICOMSeries] = {}
-        for path, ds in instances:
-            study_uid, series_uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-            if not study_uid or not series_uid:
-                log.warning("skipping %s: no StudyInstanceUID or SeriesInstanceUID", path)
-                continue
-            ds.filename = str(path)
+        groups = group_series(instances)  # skips, with a warning, instances without study or series UID
+        for (study_uid, series_uid), members in groups.items():
+            first = members[0][1]
             if study_uid not in studies:
                 studies[study_uid] = DICOMStudy(study_uid)
-                self.populate_study_attributes(studies[study_uid], ds)
-            if series_uid not in series:
-                series[series_uid] = DICOMSeries(series_uid)
-                self.populate_series_attributes(series[series_uid], ds)
-                studies[study_uid].add_series(series[series_uid])
-            series[series_uid].add_sop_instance(ds)
+                self.populate_study_attributes(studies[study_uid], first)
+            series = DICOMSeries(series_uid)
+            self.populate_series_attributes(series, first)
+            studies[study_uid].add_series(series)
+            for path, ds in members:
+                ds.filename = str(path)
+                series.add_sop_instance(ds)
         log.info(
             "loaded %d instance(s) in %d series of %d study(ies) from %s",
             len(instances),
-            len(series),
+            len(groups),
             len(studies),
             input_path,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from dicom_series import SeriesError, load_series
-from dicom_series.reader import MIN_SLICES
+from nsn2n import MIN_SLICES
 
 from .run_outcome import InputError, RunOutcome, SeriesJob
 
@@ -112,7 +112,7 @@ class SeriesToVolumeOperator(Operator):
         for job in self.outcome.jobs:
             t = time.monotonic()
             try:
-                job.source = load_series(job.instances)
+                job.source = load_series(job.instances, min_slices=MIN_SLICES)
             except SeriesError as exc:  # its str() repeats "Series <uid>: ", which every message here names
                 self.outcome.fail_series(job, f"{exc.filename}: {exc.reason}" if exc.filename else exc.reason)
                 continue
