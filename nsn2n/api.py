@@ -137,7 +137,7 @@ class DenoiseResult:
 def select_device(choice: str) -> torch.device:
     """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` without a GPU is a configuration error."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was requested but no CUDA device is available (use 'auto' or 'cpu')")
+        raise ConfigError("device", "'cuda' was requested but no CUDA device is available (use 'auto' or 'cpu')")
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
