@@ -6,7 +6,8 @@ holoscan, MONAI or torch, so it can be used and tested without the application r
 """
 
 from .montage import montage_size, render_montage, render_montage_image, save_montage
-from .pdf import NOTICE, format_noise, format_reduction, render_report_pdf
+from .notice import NOTICE
+from .pdf import format_noise, format_reduction, render_report_pdf
 from .run_record import (
     SCHEMA_VERSION,
     DerivedSeriesInfo,

@@ -31,23 +31,17 @@ from matplotlib.patches import Rectangle
 from matplotlib.textpath import text_to_path
 from PIL import Image
 
+from .notice import NOTICE, NOTICE_DETAIL
 from .run_record import noise_reduction_percent
 
 __all__ = [
     "DEFAULT_METHOD",
-    "NOTICE",
     "format_noise",
     "format_reduction",
     "latin1_safe",
     "render_report_pdf",
 ]
 
-NOTICE = "NOT FOR DIAGNOSTIC USE - research software"
-NOTICE_DETAIL = (
-    "The derived series was produced by an experimental self-supervised denoising algorithm. It may remove "
-    "or alter fine structures and must not be used for diagnosis or treatment decisions. Always refer to "
-    "the original series."
-)
 #: Method description used when the record has no ``method`` section.
 DEFAULT_METHOD: dict[str, Any] = {
     "name": "NS-N2N (Neighbouring-Slice Noise2Noise)",
