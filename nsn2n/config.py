@@ -2,7 +2,7 @@
 
 Every field is validated at construction (:class:`ConfigError` names the field and the reason), so a
 bad value in ``app.yaml`` or an ``NSN2N_*`` environment variable fails at start-up, not an hour into
-training. Defaults were chosen by measurement with ``bench/quality.py`` (see README "Benchmark").
+training. The defaults are the values ``bench/quality.py`` measures (results in ``bench/``).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class DenoiseConfig:
 
     Training budget
         max_steps: optimiser steps (each step sees ``batch_size`` neighbouring-slice pairs).
-            Longer training over-fits the one volume (a reference implementation lost 1.1 dB from
-            3k to 10k steps); ``bench/quality.py`` measures the curve.
+            Far longer training over-fits the one volume (the network starts to learn its noise);
+            ``bench/quality.py --steps`` measures the curve.
         time_budget_s: wall-clock cap on training in seconds; ``None`` or 0 = no cap. Training stops
             at whichever of ``max_steps`` / ``time_budget_s`` comes first; the learning-rate schedule
             follows the elapsed fraction of the budget so a cut-short run still ends annealed.
@@ -68,7 +68,7 @@ class DenoiseConfig:
     Weight map (see :mod:`nsn2n.weight_map`)
         lowpass_sigma_px: spatial sigma (pixels) of the edge-preserving (bilateral) low-pass guide.
         guide_range_k: range sigma of the bilateral guide, in units of the pixel noise sigma.
-        median_size: side of the median filter applied after the Gaussian (odd, 1 = none).
+        median_size: side of the median filter applied after the bilateral filter (odd, 1 = none).
         threshold_k: a pixel is matched when the low-pass residual is within ``threshold_k`` robust
             standard deviations of the residual's noise (threshold adapts to the noise level).
 
