@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from nsn2n import DenoiseConfig
-from nsn2n.api import check_spacing, prepare_volume, seed_torch, select_device, to_input_units
-from nsn2n.inference import denoise_slices
+from nsn2n.api import check_spacing, infer_slices, prepare_volume, seed_torch, select_device, to_input_units
 from nsn2n.training import Batch, PairSampler, TrainingStats, train_network
 from nsn2n.unet import ResidualUNet
 
@@ -101,13 +100,6 @@ def fit_supervised_oracle(
     stats = train_network(
         network, sampler, supervised_step, config, steps=config.max_steps, device=device, label="oracle"
     )
-    out = denoise_slices(
-        network,
-        normalised,
-        device=device,
-        batch=config.inference_batch,
-        self_ensemble=config.self_ensemble,
-        mixed_precision=config.mixed_precision,
-    )
+    out = infer_slices(network, normalised, device, config)
     denoised = to_input_units(normalizer, out, noisy, valid, modality)
     return OracleResult(denoised, str(device), stats, time.monotonic() - t)

@@ -221,6 +221,21 @@ def seed_torch(config: DenoiseConfig) -> None:
         torch.set_num_threads(config.num_threads)
 
 
+def infer_slices(
+    network: torch.nn.Module, normalised: np.ndarray, device: torch.device, config: DenoiseConfig
+) -> np.ndarray:
+    """The network on every slice of a normalised volume, with the configured batch, ensemble and precision."""
+    return denoise_slices(
+        network,
+        normalised,
+        device=device,
+        batch=config.inference_batch,
+        self_ensemble=config.self_ensemble,
+        mixed_precision=config.mixed_precision,
+        log_every_s=config.log_every_s,
+    )
+
+
 def to_input_units(
     normalizer: IntensityNormalizer, out_norm: np.ndarray, volume: np.ndarray, valid: np.ndarray, modality: str
 ) -> np.ndarray:
@@ -405,15 +420,7 @@ def _train(
 def _infer(run: _Run, network: torch.nn.Module, maps: WeightMaps, config: DenoiseConfig) -> tuple[np.ndarray, float]:
     """Denoise every slice, clip the residual, return to input units; ``(denoised, seconds)``."""
     t = time.monotonic()
-    out_norm = denoise_slices(
-        network,
-        run.normalised,
-        device=run.device,
-        batch=config.inference_batch,
-        self_ensemble=config.self_ensemble,
-        mixed_precision=config.mixed_precision,
-        log_every_s=config.log_every_s,
-    )
+    out_norm = infer_slices(network, run.normalised, run.device, config)
     out_norm = clip_residual_per_pixel(
         run.normalised,
         out_norm,

@@ -5,12 +5,22 @@ without our source references; both come from ``dicom_series``. Each series is w
 folder beside the output and renamed into place when complete (``write_series_atomically``), so a host
 that sends the output folder to PACS never sees a partial series. Only DICOM goes into the output folder;
 the run record (JSON), the QA montage (PNG) and the model go into the work folder.
+
+The writer is the end of the pipeline, so it is where a run ends: after the last series it records the
+outcome in :class:`~operators.exit_status.ExitStatus`, and when a job arrives carrying a failure that ends
+the run (in strict mode, a series that could not be processed) it removes every folder this run wrote
+before, marks their run records as failed, and records the error: the output appears completely or not
+at all. After each series it sends the series UID back to the queue (``series_done``), which releases
+the next one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +50,8 @@ from qa_report import (
     write_run_record,
 )
 
-from .nsn2n_operator import series_workdir
-from .run_outcome import InputError, OutputError, RunOutcome, SeriesJob
+from .exit_status import ExitStatus, InputError, OutputError, RunError
+from .series_job import SeriesJob, series_workdir
 
 __all__ = ["DerivedSeriesWriterOperator"]
 
@@ -50,86 +60,147 @@ log = logging.getLogger("nsn2n.app")
 QA_SERIES_DESCRIPTION = "NS-N2N QA report (research use)"
 
 
+@dataclass(frozen=True)
+class _Written:
+    """What was written for one series."""
+
+    derived: DerivedSeriesInfo
+    qa_files: QaReportFiles | None
+    seconds: float  # building and writing the derived series
+
+
 class DerivedSeriesWriterOperator(Operator):
-    """Input ``jobs`` (denoised series). Writes ``<output>/<derived SeriesInstanceUID>/`` per series."""
+    """Input ``job`` (a denoised series, or one that was skipped or failed); output ``series_done``."""
 
     def __init__(
         self,
         fragment: Fragment,
         *args,
-        outcome: RunOutcome,
+        status: ExitStatus,
         output_folder: Path,
         workdir: Path,
         series_description: str,
         series_number_offset: int,
         qa_report: bool,
         parameters: dict[str, Any],
+        strict: bool,
         **kwargs,
     ) -> None:
-        self.outcome = outcome
+        self.status = status
         self.output_folder = Path(output_folder)
         self.workdir = Path(workdir)
         self.series_description = series_description
         self.series_number_offset = series_number_offset
         self.qa_report = qa_report
         self.parameters = parameters
+        self.strict = strict
+        self._folders: list[Path] = []  # every output folder this run wrote, to remove if it fails
+        self._records: list[tuple[Path, RunRecord]] = []  # run records of the series written
+        self._outcomes: list[SeriesJob] = []  # every series handled (released: no volumes)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("jobs")
+        spec.input("job")
+        spec.output("series_done")
 
     def compute(self, op_input, op_output, context) -> None:
-        with self.outcome.guard(self.name):
-            jobs: list[SeriesJob] = op_input.receive("jobs")
-            for job in jobs:
-                if job.ok:
-                    self.write_series(job)
-                self.write_record(job)
-            written = [job for job in jobs if job.written]
-            if not written:
-                raise InputError(
-                    "no derived series was written: " + "; ".join(f"{j.series_uid}: {j.error}" for j in jobs)
-                )
-            self.outcome.finished = True
-            log.info(
-                "done: %d derived series written to %s; %d series skipped",
-                len(written),
-                self.output_folder,
-                sum(1 for j in jobs if not j.ok),
-            )
+        job: SeriesJob = op_input.receive("job")
+        if job.fatal is None:
+            with job.failures_end_the_run(self.name):
+                self.handle(job)
+                if job.fatal is None and job.last:
+                    self.finish()
+        if job.fatal is not None:
+            self.end_run(job)
+        job.release()
+        if job.fatal is None and not job.last:
+            op_output.emit(job.series_uid, "series_done")
 
-    def _write(self, datasets, folder_name: str) -> Path:
-        try:
-            return write_series_atomically(datasets, self.output_folder, folder_name)
-        except OutputFolderError as exc:
-            raise OutputError(str(exc)) from None
-        except PermissionError as exc:
-            raise OutputError(f"cannot write into the output folder {self.output_folder}: {exc.strerror}") from None
+    def handle(self, job: SeriesJob) -> None:
+        """Write the derived series and QA report of ``job`` (unless it was skipped), then its run record."""
+        written = self.write_series(job) if job.ok else None
+        record = self.record(job, written)
+        path = self.write_record(job.series_uid, record)
+        if written is not None:
+            self._records.append((path, record))
+        self._outcomes.append(job)
 
-    def write_series(self, job: SeriesJob) -> None:
+    def finish(self) -> None:
+        """After the last series: the run finished, or nothing was written (an input error)."""
+        written = len(self._records)
+        if not written:
+            raise InputError(self._nothing_written())
+        log.info(
+            "done: %d derived series written to %s; %d series skipped",
+            written,
+            self.output_folder,
+            len(self._outcomes) - written,
+        )
+        self.status.finish()
+
+    def _nothing_written(self) -> str:
+        jobs = self._outcomes
+        reasons = "; ".join(f"{job.series_uid}: {job.error}" for job in jobs)
+        if all(job.skipped_in == "load" for job in jobs):
+            return f"no selected series could be converted to a volume ({reasons})"
+        if all(job.skipped_in in ("load", "denoise") for job in jobs):
+            return f"no series could be denoised: {reasons}"
+        return f"no derived series was written: {reasons}"
+
+    def end_run(self, job: SeriesJob) -> None:
+        """A failure ends the run: remove what this run wrote, mark those run records, record the error."""
+        error: RunError = job.fatal
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("removed %s written earlier in this run", folder)
+        failed = f"removed because the run failed: {error}"
+        records = list(self._records)
+        if job.series_uid is not None:
+            records.append((series_workdir(self.workdir, job.series_uid) / "run.json", self.record(job, None)))
+        for path, record in records:
+            record = dataclasses.replace(record, status="failed", error=failed, derived=None, qa_report=None)
+            try:
+                write_run_record(path, record.as_dict())
+            except OSError as exc:
+                log.warning("cannot mark the run record %s as failed: %s", path, exc.strerror)
+        self.status.fail(error)
+
+    def _series_numbers(self, job: SeriesJob) -> tuple[int | None, int] | None:
+        """Series Numbers of the derived series and of the QA report; ``None`` (skipped) when out of range."""
         try:
-            numbers = (
+            return (
                 derived_series_number(job.source, self.series_number_offset),
                 derived_series_number(job.source, self.series_number_offset + 1, required=True),
             )
         except ValueError as exc:
-            self.outcome.fail_series(job, str(exc))
-            return
-        self.write(job, *numbers)
+            job.skip("write", str(exc), strict=self.strict)
+            return None
 
-    def write(self, job: SeriesJob, series_number: int | None, qa_series_number: int) -> None:
+    def _write(self, datasets, folder_name: str) -> Path:
+        try:
+            folder = write_series_atomically(datasets, self.output_folder, folder_name)
+        except OutputFolderError as exc:
+            raise OutputError(str(exc)) from None
+        except PermissionError as exc:
+            raise OutputError(f"cannot write into the output folder {self.output_folder}: {exc.strerror}") from None
+        self._folders.append(folder)
+        return folder
+
+    def write_series(self, job: SeriesJob) -> _Written | None:
+        """The derived series and, when enabled, the QA report; ``None`` when the series is skipped."""
+        numbers = self._series_numbers(job)
+        if numbers is None:
+            return None
         t = time.monotonic()
-        source, result = job.source, job.result
         options = DerivedSeriesOptions(
             series_description=self.series_description,
-            series_number=series_number,
+            series_number=numbers[0],
             software_version=nsn2n.__version__,
         )
-        datasets = build_derived_series(source, result.denoised, options)
+        datasets = build_derived_series(job.source, job.result.denoised, options)
         series_uid = str(datasets[0].SeriesInstanceUID)
         folder = self._write(datasets, series_uid)
-        job.written.append(folder)
-        job.derived = DerivedSeriesInfo(series_uid, options.series_number, self.series_description, str(folder))
+        derived = DerivedSeriesInfo(series_uid, options.series_number, self.series_description, str(folder))
         log.info(
             "series %s: derived series %s written: %d instances in %s",
             job.series_uid,
@@ -137,14 +208,15 @@ class DerivedSeriesWriterOperator(Operator):
             len(datasets),
             folder,
         )
-        job.write_s = time.monotonic() - t
+        written = _Written(derived, None, time.monotonic() - t)
         if self.qa_report:
-            self.write_qa(job, datasets, qa_series_number)
+            written = dataclasses.replace(written, qa_files=self.write_qa(job, datasets, numbers[1], written))
+        return written
 
-    def write_qa(self, job: SeriesJob, derived, series_number: int) -> None:
+    def write_qa(self, job: SeriesJob, derived, series_number: int, written: _Written) -> QaReportFiles:
+        """The QA montage (work folder) and the QA report as an Encapsulated PDF series (output folder)."""
         source, result = job.source, job.result
-        workdir = series_workdir(self.workdir, job.series_uid)
-        montage_path = workdir / "qa_montage.png"
+        montage_path = series_workdir(self.workdir, job.series_uid) / "qa_montage.png"
         montage = save_montage(
             montage_path,
             source.volume,
@@ -155,7 +227,7 @@ class DerivedSeriesWriterOperator(Operator):
             pixel_spacing=source.spacing[1:],
             title=f"{job.label} - NS-N2N",
         )
-        pdf = render_report_pdf(self.record(job, status="ok").as_dict(), montage)
+        pdf = render_report_pdf(self.record(job, written).as_dict(), montage)
         ds = build_encapsulated_pdf(
             source,
             pdf,
@@ -168,12 +240,11 @@ class DerivedSeriesWriterOperator(Operator):
             derived=derived,
         )
         folder = self._write([ds], str(ds.SeriesInstanceUID))
-        job.written.append(folder)
-        job.qa_files = QaReportFiles(str(montage_path), str(folder), str(ds.SeriesInstanceUID))
         log.info("series %s: QA report written (PDF %s, montage %s)", job.series_uid, folder, montage_path)
+        return QaReportFiles(str(montage_path), str(folder), str(ds.SeriesInstanceUID))
 
-    def record(self, job: SeriesJob, status: str) -> RunRecord:
-        """The run record of ``job`` (schema: qa_report/run_record.schema.json)."""
+    def record(self, job: SeriesJob, written: _Written | None) -> RunRecord:
+        """The run record of ``job``: ``ok`` when ``written``, else ``skipped`` with the reason."""
         first = job.instances[0][1] if job.instances else None
         volume = None
         if job.source is not None:
@@ -189,23 +260,23 @@ class DerivedSeriesWriterOperator(Operator):
             software_version=nsn2n.__version__,
             source=SourceSeriesInfo.from_dataset(first, job.series_uid, len(job.instances)),
             parameters=self.parameters,
-            status=status,
-            error=job.error if status == "ok" else job.error or "not processed",
+            status="ok" if written is not None else "skipped",
+            error=None if written is not None else job.error or "not processed",
             volume=volume,
             report=job.result.report if job.result is not None else None,
-            derived=job.derived,
-            qa_report=job.qa_files,
+            derived=written.derived if written is not None else None,
+            qa_report=written.qa_files if written is not None else None,
             model_saved_to=job.model_saved_to,
             load_s=job.load_s,
-            write_s=job.write_s,
+            write_s=written.seconds if written is not None else None,
             warnings=tuple(job.source.warnings) if job.source is not None else (),
         )
 
-    def write_record(self, job: SeriesJob) -> None:
-        record = self.record(job, status="ok" if job.ok and job.written else "skipped")
-        path = series_workdir(self.workdir, job.series_uid) / "run.json"
+    def write_record(self, series_uid: str, record: RunRecord) -> Path:
+        path = series_workdir(self.workdir, series_uid) / "run.json"
         try:
             write_run_record(path, record.as_dict())
         except OSError as exc:
             raise OutputError(f"cannot write the run record {path}: {exc.strerror}") from None
-        log.info("series %s: run record %s", job.series_uid, path)
+        log.info("series %s: run record %s", series_uid, path)
+        return path
