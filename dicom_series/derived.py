@@ -276,31 +276,20 @@ def _check_software(options: _SoftwareIdentity) -> None:
 class DerivedSeriesOptions:
     """How the derived (denoised) series describes itself.
 
-    Parameters
-    ----------
-    series_description:
-        Series Description (0008,103E), LO: at most 64 characters.
-    series_number:
-        Series Number (0020,0011), IS. ``None``: source Series Number + 1000 (left empty, as Type 2
-        allows, when the source has none).
-    software_version:
-        Software Versions (0018,1020) of the Contributing Equipment item.
-    manufacturer:
-        Manufacturer (0008,0070) of the Contributing Equipment item (C.12.1.1.5). The acquisition
-        equipment (General Equipment module) is kept.
-    derivation_description:
-        Derivation Description (0008,2111), ST: at most 1024 characters.
-    manufacturer_model_name:
-        Manufacturer's Model Name (0008,1090) of the Contributing Equipment item.
-    contribution_description:
-        Contribution Description (0018,A003) of the Contributing Equipment item.
-    derivation_code:
-        Derivation Code Sequence (0008,9215) item, CID 7203. DICOM has no "denoising" code; the
-        default is (113087, DCM, "Smoothing").
-    uid_prefix:
-        Root for new UIDs; ``None`` gives UUID-derived ``2.25.`` UIDs (PS3.5 B.2).
-    remove_private_tags:
-        Drop private attributes copied from the source (a site decision; default keep).
+    Attributes:
+        series_description: Series Description (0008,103E), LO: at most 64 characters.
+        series_number: Series Number (0020,0011), IS. ``None``: :func:`derived_series_number` with
+            ``DEFAULT_SERIES_NUMBER_OFFSET`` (left empty, as Type 2 allows, when the source has none).
+        software_version: Software Versions (0018,1020) of the Contributing Equipment item.
+        manufacturer: Manufacturer (0008,0070) of the Contributing Equipment item (C.12.1.1.5). The acquisition
+            equipment (General Equipment module) is kept.
+        derivation_description: Derivation Description (0008,2111), ST: at most 1024 characters.
+        manufacturer_model_name: Manufacturer's Model Name (0008,1090) of the Contributing Equipment item.
+        contribution_description: Contribution Description (0018,A003) of the Contributing Equipment item.
+        derivation_code: Derivation Code Sequence (0008,9215) item, CID 7203. DICOM has no "denoising" code; the
+            default is (113087, DCM, "Smoothing").
+        uid_prefix: Root for new UIDs; ``None`` gives UUID-derived ``2.25.`` UIDs (PS3.5 B.2).
+        remove_private_tags: Drop private attributes copied from the source (a site decision; default keep).
     """
 
     series_description: str
@@ -328,23 +317,18 @@ class DerivedSeriesOptions:
 class EncapsulatedPdfOptions:
     """How the Encapsulated PDF instance (PS3.3 A.45.1) describes itself.
 
-    Parameters
-    ----------
-    document_title:
-        Document Title (0042,0010), ST.
-    series_description:
-        Series Description (0008,103E) of the new DOC series, LO.
-    software_version, manufacturer, manufacturer_model_name:
-        General Equipment module (C.7.5.1) of the PDF: this software created it.
-    series_number:
-        Series Number (0020,0011), Type 1 here (C.24.1). ``None``: source Series Number + 1001.
-    concept_name:
-        Concept Name Code Sequence (0040,A043) item, Type 2. ``None`` leaves it empty: no standard
-        document-title code describes a denoising QA report.
-    burned_in_annotation:
-        Burned In Annotation (0028,0301): whether the PDF shows enough to identify the patient.
-    uid_prefix:
-        Root for new UIDs; ``None`` gives ``2.25.`` UIDs.
+    Attributes:
+        document_title: Document Title (0042,0010), ST.
+        series_description: Series Description (0008,103E) of the new DOC series, LO.
+        software_version, manufacturer, manufacturer_model_name: General Equipment module (C.7.5.1) of the PDF:
+            this software created it.
+        series_number: Series Number (0020,0011), Type 1 here (C.24.1). ``None``:
+            :func:`derived_series_number` with ``DEFAULT_SERIES_NUMBER_OFFSET + 1``.
+        concept_name: Concept Name Code Sequence (0040,A043) item, Type 2. ``None`` leaves it empty: no standard
+            document-title code describes a denoising QA report.
+        burned_in_annotation: Burned In Annotation (0028,0301): whether the PDF shows enough to identify the
+            patient.
+        uid_prefix: Root for new UIDs; ``None`` gives ``2.25.`` UIDs.
     """
 
     document_title: str
@@ -714,15 +698,20 @@ def build_encapsulated_pdf(
     Instance Sequence (0042,0013) references every source instance and, when given, the ``derived``
     instances the report describes. General Equipment names this software; SC Equipment Conversion
     Type is WSD (workstation).
+
+    Args:
+        source: the series the report is about.
+        pdf_bytes: the PDF document.
+        options: how the new series describes itself.
+        derived: the derived instances the report describes.
+        now: the creation time (for reproducible tests); by default now.
+
+    Raises:
+        ValueError: ``pdf_bytes`` is not a PDF or too large for an Encapsulated Document.
     """
     if not isinstance(options, EncapsulatedPdfOptions):
         raise TypeError("options must be an EncapsulatedPdfOptions")
-    pdf_bytes = bytes(pdf_bytes)
-    if not pdf_bytes.startswith(b"%PDF-"):
-        raise ValueError("pdf_bytes is not a PDF document (it does not start with '%PDF-')")
-    if len(pdf_bytes) >= 2**32 - 2:
-        raise ValueError("PDF document too large for an Encapsulated Document (0042,0011)")
-
+    pdf_bytes = _checked_pdf(pdf_bytes)
     first = source.datasets[0]
     t = _creation_time(first, now)
     used: set[str] = {str(ds.get("SOPInstanceUID", "")) for ds in source.datasets}
@@ -751,6 +740,15 @@ def build_encapsulated_pdf(
 
     ds.file_meta = _file_meta(ds, options)
     return ds
+
+
+def _checked_pdf(pdf_bytes: bytes) -> bytes:
+    pdf_bytes = bytes(pdf_bytes)
+    if not pdf_bytes.startswith(b"%PDF-"):
+        raise ValueError("pdf_bytes is not a PDF document (it does not start with '%PDF-')")
+    if len(pdf_bytes) >= 2**32 - 2:
+        raise ValueError("PDF document too large for an Encapsulated Document (0042,0011)")
+    return pdf_bytes
 
 
 def _set_encapsulated_document(

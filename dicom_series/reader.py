@@ -112,34 +112,27 @@ class DicomReadError(ValueError):
 class SourceSeries:
     """A validated single-frame image series, sorted along the slice normal.
 
-    Attributes
-    ----------
-    datasets:
-        The instances in spatial order (ascending projection of Image Position (Patient) on the slice
-        normal). They are the caller's objects, not copies: treat them as read-only.
-    paths:
-        The file of each dataset (same order), or ``None`` where it was not read from a file.
-    volume:
-        float32 array (D, H, W) in modality units (Hounsfield units for CT), i.e. stored values mapped
-        through Rescale Slope/Intercept (PS3.3 C.11.1). Padding pixels keep their mapped value; use
-        :attr:`padding_mask` to exclude them.
-    padding_mask:
-        bool array (D, H, W), True where the stored value is Pixel Padding Value (0028,0120) or lies in
-        the Pixel Padding Value .. Pixel Padding Range Limit (0028,0121) range (PS3.3 C.7.5.1.1.2).
-    padding_stored_values:
-        Per slice, the original stored values at the ``padding_mask[z]`` pixels (C order), so that a
-        writer can restore them exactly.
-    spacing:
-        (dz, dy, dx) in mm. dz is the median distance between consecutive slice positions projected on
-        the normal; dy, dx come from Pixel Spacing (0028,0030) (row spacing, column spacing).
-    slice_positions:
-        float64 (D,), projection of each Image Position (Patient) on the normal, in mm (ascending).
-    slice_gaps:
-        float64 (D - 1,), differences of :attr:`slice_positions`.
-    normal:
-        Unit slice normal (row cosine x column cosine), patient (LPS) coordinates.
-    warnings:
-        Non-fatal findings (slightly irregular spacing, sheared stack, ...), one line each.
+    Attributes:
+        datasets: The instances in spatial order (ascending projection of Image Position (Patient) on the slice
+            normal). They are the caller's objects, not copies: treat them as read-only.
+        paths: The file of each dataset (same order), or ``None`` where it was not read from a file.
+        volume: float32 array (D, H, W) in modality units (Hounsfield units for CT), i.e. stored values mapped
+            through Rescale Slope/Intercept (PS3.3 C.11.1). Padding pixels keep their mapped value; use
+            :attr:`padding_mask` to exclude them.
+        padding_mask: bool array (D, H, W), True where the stored value is Pixel Padding Value (0028,0120) or lies
+            in the Pixel Padding Value .. Pixel Padding Range Limit (0028,0121) range (PS3.3 C.7.5.1.1.2).
+        padding_stored_values: Per slice, the original stored values at the ``padding_mask[z]`` pixels (C order),
+            so that a writer can restore them exactly.
+        spacing: (dz, dy, dx) in mm. dz is the median distance between consecutive slice positions projected on the
+            normal; dy, dx come from Pixel Spacing (0028,0030) (row spacing, column spacing).
+        slice_positions: float64 (D,), projection of each Image Position (Patient) on the normal, in mm
+            (ascending).
+        slice_gaps: float64 (D - 1,), differences of :attr:`slice_positions`.
+        normal: Unit slice normal (row cosine x column cosine), patient (LPS) coordinates.
+        modality, sop_class_uid, study_instance_uid, series_instance_uid: of the series (the same in
+            every instance).
+        frame_of_reference_uid: Frame of Reference UID (0020,0052), or ``None`` when absent.
+        warnings: Non-fatal findings (slightly irregular spacing, sheared stack, ...), one line each.
     """
 
     datasets: list[Dataset]
@@ -190,9 +183,21 @@ def read_dicom_folder(folder: str | os.PathLike[str], *, skip_unreadable: bool =
     Pixel data is read but not decoded; a truncated file usually reads fine and is reported by
     :func:`load_series`, which decodes it (where pydicom loses the whole dataset to truncated
     encapsulated pixel data, the header is kept without Pixel Data, so the file is still reported
-    in its series rather than silently missing). A file with the ``DICM`` prefix whose header cannot be
-    parsed raises :class:`DicomReadError` naming the file, or is skipped with a warning when
-    ``skip_unreadable`` is True.
+    in its series rather than silently missing).
+
+    Args:
+        folder: the folder to read.
+        skip_unreadable: skip, with a warning, a file with the ``DICM`` prefix whose header cannot be
+            parsed, instead of raising.
+
+    Returns:
+        ``(path, dataset)`` of every DICOM instance found.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file.
+        DicomReadError: a file with the ``DICM`` prefix cannot be parsed (naming the file), unless
+            ``skip_unreadable``.
     """
     root = Path(folder)
     if not root.exists():
@@ -205,36 +210,40 @@ def read_dicom_folder(folder: str | os.PathLike[str], *, skip_unreadable: bool =
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if not path.is_file():
-                continue
-            try:
-                ds = pydicom.dcmread(path, force=False)
-            except InvalidDicomError:
-                logger.debug("Skipping %s: not a DICOM Part 10 file", path)
-                continue
-            except Exception as exc:  # truncated/corrupt header: pydicom raises many types
-                msg = f"Cannot parse DICOM file {path.name} in {path.parent}: {type(exc).__name__}: {exc}"
-                msg = " ".join(msg.split())
-                if skip_unreadable:
-                    logger.warning("Skipping unreadable file: %s", msg)
-                    continue
-                raise DicomReadError(msg) from exc
-            if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
-                # pydicom returns an empty dataset when encapsulated pixel data runs into the end of a
-                # truncated file; keep the header so that load_series reports the file in its series.
-                header = _read_header(path)
-                if header is not None and header.get("SOPClassUID") and header.get("SOPInstanceUID"):
-                    logger.warning("%s looks truncated: only its header could be read", path)
-                    ds = header
-            media_class = ds.file_meta.get("MediaStorageSOPClassUID") if ds.file_meta else None
-            if media_class == MediaStorageDirectoryStorage or ds.get("SOPClassUID") == MediaStorageDirectoryStorage:
-                logger.info("Ignoring DICOMDIR %s (the files are read directly)", path)
-                continue
-            if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
-                logger.warning("Skipping %s: no SOP Class UID or SOP Instance UID", path)
-                continue
-            found.append((path, ds))
+            ds = _read_instance(path, skip_unreadable) if path.is_file() else None
+            if ds is not None:
+                found.append((path, ds))
     return found
+
+
+def _read_instance(path: Path, skip_unreadable: bool) -> Dataset | None:
+    """One file as an image instance, or ``None`` when it is none (see :func:`read_dicom_folder`)."""
+    try:
+        ds = pydicom.dcmread(path, force=False)
+    except InvalidDicomError:
+        logger.debug("Skipping %s: not a DICOM Part 10 file", path)
+        return None
+    except Exception as exc:  # truncated/corrupt header: pydicom raises many types
+        msg = " ".join(f"Cannot parse DICOM file {path.name} in {path.parent}: {type(exc).__name__}: {exc}".split())
+        if skip_unreadable:
+            logger.warning("Skipping unreadable file: %s", msg)
+            return None
+        raise DicomReadError(msg) from exc
+    if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
+        # pydicom returns an empty dataset when encapsulated pixel data runs into the end of a
+        # truncated file; keep the header so that load_series reports the file in its series.
+        header = _read_header(path)
+        if header is not None and header.get("SOPClassUID") and header.get("SOPInstanceUID"):
+            logger.warning("%s looks truncated: only its header could be read", path)
+            ds = header
+    media_class = ds.file_meta.get("MediaStorageSOPClassUID") if ds.file_meta else None
+    if media_class == MediaStorageDirectoryStorage or ds.get("SOPClassUID") == MediaStorageDirectoryStorage:
+        logger.info("Ignoring DICOMDIR %s (the files are read directly)", path)
+        return None
+    if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
+        logger.warning("Skipping %s: no SOP Class UID or SOP Instance UID", path)
+        return None
+    return ds
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -285,8 +294,9 @@ def _normalise_items(
 def rescale_parameters(ds: Dataset) -> tuple[float, float]:
     """(slope, intercept) of the linear Modality LUT transform (PS3.3 C.11.1.1.2); (1, 0) if absent.
 
-    Raises ``ValueError`` for a non-invertible slope or when only one of the two attributes is present
-    (pydicom would then silently skip rescaling while a writer would apply the other one).
+    Raises:
+        ValueError: a non-invertible slope, or only one of the two attributes present (pydicom would then
+            silently skip rescaling while a writer would apply the other one).
     """
     has_slope, has_icpt = "RescaleSlope" in ds, "RescaleIntercept" in ds
     if has_slope != has_icpt:

@@ -87,6 +87,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_files(datasets: list[Dataset], folder: Path, fsync: bool) -> None:
+    """``00001.dcm, 00002.dcm, ...`` (at least five digits, so that names sort in order) in ``folder``."""
+    width = max(5, len(str(len(datasets))))
+    for index, ds in enumerate(datasets, start=1):
+        with open(folder / f"{index:0{width}d}.dcm", "wb") as fh:
+            ds.save_as(fh, enforce_file_format=True)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+    if fsync:
+        _fsync_dir(folder)
+
+
 def _checked_arguments(datasets: Iterable[Dataset], series_folder_name: str) -> list[Dataset]:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", series_folder_name or ""):
         raise ValueError(
@@ -118,8 +131,18 @@ def write_series_atomically(
     any error the temporary folder is removed and the error re-raised; the final folder then does not
     exist. ``output_dir`` is created if needed.
 
-    Raises :class:`OutputFolderError` (naming the folder) when ``output_dir`` cannot be created or written,
-    or when ``<output_dir>/<series_folder_name>`` already exists. Returns the final folder.
+    Args:
+        datasets: the instances, in the order of their file names.
+        output_dir: the output folder.
+        series_folder_name: one plain folder name (letters, digits, ``.``, ``_``, ``-``).
+        fsync: flush every file and folder to disk before and after the rename.
+
+    Returns:
+        The final folder.
+
+    Raises:
+        OutputFolderError: ``output_dir`` cannot be created or written, or
+            ``<output_dir>/<series_folder_name>`` already exists (the message names the folder).
     """
     datasets = _checked_arguments(datasets, series_folder_name)
     output_dir = Path(output_dir).absolute()
@@ -130,16 +153,7 @@ def write_series_atomically(
 
     temp = _make_temp_dir(output_dir)
     try:
-        width = max(5, len(str(len(datasets))))
-        for index, ds in enumerate(datasets, start=1):
-            path = temp / f"{index:0{width}d}.dcm"
-            with open(path, "wb") as fh:
-                ds.save_as(fh, enforce_file_format=True)
-                if fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        if fsync:
-            _fsync_dir(temp)
+        _write_files(datasets, temp, fsync)
         try:
             os.rename(temp, final)
         except OSError as exc:
