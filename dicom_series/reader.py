@@ -79,7 +79,7 @@ MISSING_SLICE_FACTOR = 1.5
 #: Image Orientation (Patient) direction cosines may differ by this much within one series.
 ORIENTATION_TOLERANCE = 1e-3
 #: Fewest slices of a series: the slice spacing is measured between two positions.
-MIN_SLICES = 2
+MIN_POSITIONS = 2
 #: Attributes every instance of a series must share.
 _SERIES_CONSTANTS = (
     ("SOPClassUID", "SOP Class UID (0008,0016)"),
@@ -341,7 +341,7 @@ def padding_bounds(ds: Dataset) -> tuple[int, int] | None:
 
 
 def load_series(
-    datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Dataset], *, min_slices: int = MIN_SLICES
+    datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Dataset], *, min_slices: int = MIN_POSITIONS
 ) -> SourceSeries:
     """Validate, sort and decode one single-frame image series.
 
@@ -366,7 +366,7 @@ def load_series(
         _check_instance(series_uid, path, ds)
     for keyword, label in _SERIES_CONSTANTS:
         _check_consistent(series_uid, items, keyword, label)
-    needed = max(min_slices, MIN_SLICES)
+    needed = max(min_slices, MIN_POSITIONS)
     if len(items) < needed:
         raise SeriesError(series_uid, f"only {len(items)} slice(s); at least {needed} are needed")
     geometry = _sort_along_normal(series_uid, items)
