@@ -5,7 +5,8 @@ together, their volumes, normalised copies and denoised outputs multiply the mem
 derived series would reach the archive only after the last one is trained. So the queue emits one
 :class:`~operators.series_job.SeriesJob`, and the next only when the writer reports the previous one
 done on the ``series_done`` port (a feedback edge of the graph): load, denoise, write, release, then the
-next series. Peak memory is that of the largest series.
+next series. The working memory (volumes, weight maps, network) is that of the largest series; the
+loaded DICOM datasets of the whole input stay in memory from the loader on.
 
 Holoscan scheduling (SDK 4.0.0 / Holoscan 4.2): the three inputs are OR-combined
 (``OperatorSpec.or_combine_port_conditions``), so the operator runs when the study list, the selection
