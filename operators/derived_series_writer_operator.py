@@ -50,7 +50,7 @@ from qa_report import (
     write_run_record,
 )
 
-from .exit_status import ExitStatus, InputError, OutputError, RunError
+from .exit_status import ExitStatus, InputError, OutputError, RunError, as_run_error
 from .series_job import SeriesJob, series_workdir
 
 __all__ = ["DerivedSeriesWriterOperator"]
@@ -108,10 +108,13 @@ class DerivedSeriesWriterOperator(Operator):
         if job.fatal is None:
             with job.failures_end_the_run(self.name):
                 self.handle(job)
-                if job.fatal is None and job.last:
-                    self.finish()
         if job.fatal is not None:
-            self.end_run(job)
+            self.end_run(job.fatal, failed=job)
+        elif job.last:
+            try:
+                self.finish()
+            except Exception as exc:
+                self.end_run(as_run_error(exc, self.name))
         job.release()
         if job.fatal is None and not job.last:
             op_output.emit(job.series_uid, "series_done")
@@ -147,18 +150,21 @@ class DerivedSeriesWriterOperator(Operator):
             return f"no series could be denoised: {reasons}"
         return f"no derived series was written: {reasons}"
 
-    def end_run(self, job: SeriesJob) -> None:
-        """A failure ends the run: remove what this run wrote, mark those run records, record the error."""
-        error: RunError = job.fatal
+    def end_run(self, error: RunError, failed: SeriesJob | None = None) -> None:
+        """A failure ends the run: remove what this run wrote, mark those run records, record the error.
+
+        ``failed`` is the series the failure happened to (``None`` for a failure of the run as a whole);
+        its run record gets the error itself, those of the series written before it say they were removed.
+        """
         for folder in self._folders:
             shutil.rmtree(folder, ignore_errors=True)
             log.warning("removed %s written earlier in this run", folder)
-        failed = f"removed because the run failed: {error}"
-        records = list(self._records)
-        if job.series_uid is not None:
-            records.append((series_workdir(self.workdir, job.series_uid) / "run.json", self.record(job, None)))
-        for path, record in records:
-            record = dataclasses.replace(record, status="failed", error=failed, derived=None, qa_report=None)
+        marked = [(path, record, f"removed because the run failed: {error}") for path, record in self._records]
+        if failed is not None and failed.series_uid is not None:
+            path = series_workdir(self.workdir, failed.series_uid) / "run.json"
+            marked.append((path, self.record(failed, None), str(error)))
+        for path, record, reason in marked:
+            record = dataclasses.replace(record, status="failed", error=reason, derived=None, qa_report=None)
             try:
                 write_run_record(path, record.as_dict())
             except OSError as exc:

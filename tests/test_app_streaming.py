@@ -82,6 +82,8 @@ def test_strict_mode_removes_the_series_written_before_a_bad_one(tmp_path: Path)
         record = json.loads((tmp_path / "work" / "nsn2n" / uid / "run.json").read_text())
         assert record["status"] == "failed" and record["derived"] is None
         assert record["error"].startswith("removed because the run failed: strict mode")
+    bad = json.loads((tmp_path / "work" / "nsn2n" / uids[2] / "run.json").read_text())
+    assert bad["status"] == "failed" and bad["error"].startswith("strict mode: series")
     assert run.log.count("written earlier in this run") == 2
     assert not run.output_files(), "strict mode: nothing may remain in the output"
 
