@@ -1,7 +1,7 @@
 """Entry point: ``python app -i DICOM_DIR -o OUT_DIR [-w WORKDIR] [-m MODEL_DIR] [-l LEVEL]``.
 
 Also what the MAP runs (``python3 /opt/holoscan/app``, paths from ``HOLOSCAN_*`` variables). Exit codes:
-see ``operators/run_outcome.py`` and README "Exit codes".
+see ``operators/exit_status.py`` and README "Exit codes".
 """
 
 from __future__ import annotations

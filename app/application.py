@@ -4,7 +4,13 @@ Pipeline (one operator a file in ``operators/``)::
 
     StudyLoaderOperator (SDK DICOMDataLoaderOperator, robust reading)
       -> DICOMSeriesSelectorOperator (SDK; CT/MR, never DERIVED/SECONDARY, every matching series)
+      -> SeriesQueueOperator  (one series at a time)  <------------------------------+
       -> SeriesToVolumeOperator -> NSN2NDenoiseOperator -> DerivedSeriesWriterOperator
+                                                              series_done (feedback) -+
+
+Each series is loaded, denoised, written and released before the queue emits the next one (see
+``operators/series_queue_operator.py``). The run's exit status is the one object the operators share
+(``operators/exit_status.py``); everything else moves through the ports.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from app.paths import DEFAULT_WORKDIR
 from app.settings import AppSettings, load_settings
 from operators.derived_series_writer_operator import DerivedSeriesWriterOperator
 from operators.dicom_loader_operator import StudyLoaderOperator
+from operators.exit_status import ExitStatus
 from operators.nsn2n_operator import NSN2NDenoiseOperator
-from operators.run_outcome import RunOutcome
+from operators.series_queue_operator import SeriesQueueOperator
 from operators.series_to_volume_operator import SeriesToVolumeOperator
 
 __all__ = ["NSN2NDenoiseApp", "selection_rules"]
@@ -55,12 +62,11 @@ class NSN2NDenoiseApp(Application):
 
     def __init__(self, *args, settings: AppSettings | None = None, **kwargs) -> None:
         self.settings = settings
-        self.outcome = RunOutcome()
+        self.status = ExitStatus()
         super().__init__(*args, **kwargs)
 
     def compose(self) -> None:
         settings = self.settings or load_settings()
-        self.outcome.strict = settings.strict
         context: AppContext = Application.init_app_context(self.argv)
         input_path = Path(context.input_path)
         output_path = Path(context.output_path)
@@ -76,19 +82,18 @@ class NSN2NDenoiseApp(Application):
         log.info("parameters: %s", json.dumps(settings.as_dict(), sort_keys=True))
 
         loader = StudyLoaderOperator(
-            self, CountCondition(self, 1), input_folder=input_path, outcome=self.outcome, name="dicom_loader"
+            self, CountCondition(self, 1), input_folder=input_path, status=self.status, name="dicom_loader"
         )
         selector = DICOMSeriesSelectorOperator(
             self, rules=selection_rules(settings.modalities), all_matched=True, name="series_selector"
         )
-        to_volume = SeriesToVolumeOperator(
-            self, outcome=self.outcome, modalities=settings.modalities, name="series_to_volume"
-        )
+        queue = SeriesQueueOperator(self, modalities=settings.modalities, name="series_queue")
+        to_volume = SeriesToVolumeOperator(self, strict=settings.strict, name="series_to_volume")
         denoiser = NSN2NDenoiseOperator(
             self,
-            outcome=self.outcome,
             config=settings.algorithm,
             workdir=workdir,
+            strict=settings.strict,
             model_path=model_path,
             finetune_steps=settings.finetune_steps,
             save_model=settings.save_model,
@@ -96,17 +101,20 @@ class NSN2NDenoiseApp(Application):
         )
         writer = DerivedSeriesWriterOperator(
             self,
-            outcome=self.outcome,
+            status=self.status,
             output_folder=output_path,
             workdir=workdir,
             series_description=settings.series_description,
             series_number_offset=settings.series_number_offset,
             qa_report=settings.qa_report,
             parameters=settings.as_dict(),
+            strict=settings.strict,
             name="derived_series_writer",
         )
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
-        self.add_flow(loader, to_volume, {("dicom_study_list", "dicom_study_list")})
-        self.add_flow(selector, to_volume, {("study_selected_series_list", "study_selected_series_list")})
-        self.add_flow(to_volume, denoiser, {("jobs", "jobs")})
-        self.add_flow(denoiser, writer, {("jobs", "jobs")})
+        self.add_flow(loader, queue, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, queue, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(queue, to_volume, {("job", "job")})
+        self.add_flow(to_volume, denoiser, {("job", "job")})
+        self.add_flow(denoiser, writer, {("job", "job")})
+        self.add_flow(writer, queue, {("series_done", "series_done")})

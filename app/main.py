@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from nsn2n import ConfigError
-from operators.run_outcome import EXIT_CONFIG, RunError
+from operators.exit_status import EXIT_CONFIG, RunError
 
 __all__ = ["main"]
 
@@ -32,7 +32,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the application; returns the process exit code (see ``operators/run_outcome.py``)."""
+    """Run the application; returns the process exit code (see ``operators/exit_status.py``)."""
     _configure_logging()
     argv = list([sys.executable, *sys.argv] if argv is None else argv)
     from app.settings import load_settings
@@ -57,11 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: bad command line (it has printed the usage)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_CONFIG
     except RunError as exc:
-        app.outcome.fatal = exc
+        app.status.fail(exc)
     except Exception as exc:
         log.debug("unexpected error", exc_info=True)
-        app.outcome.fatal = RunError(f"internal error: {type(exc).__name__}: {exc}")
-    if app.outcome.fatal is not None:
-        app.outcome.rollback()
-        log.error("failed (exit code %d): %s", app.outcome.fatal.exit_code, _one_line(app.outcome.fatal))
-    return app.outcome.exit_code
+        app.status.fail(RunError(f"internal error: {type(exc).__name__}: {exc}"))
+    if app.status.error is None and not app.status.finished:
+        app.status.fail(RunError("internal error: the pipeline stopped before its last series was written"))
+    if app.status.error is not None:
+        log.error("failed (exit code %d): %s", app.status.error.exit_code, _one_line(app.status.error))
+    return app.status.exit_code

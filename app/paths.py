@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from operators.run_outcome import InputError, OutputError
+from operators.exit_status import InputError, OutputError
 
 __all__ = ["DEFAULT_WORKDIR", "check_paths", "check_writable_folder", "resolve_paths"]
 

@@ -16,12 +16,15 @@ from typing import Any
 
 import yaml
 
+from dicom_series import DEFAULT_SERIES_NUMBER_OFFSET, check_series_description
 from nsn2n import ConfigError, DenoiseConfig
 from nsn2n.config import coerce_value
 
 __all__ = ["ENV_PREFIX", "AppSettings", "default_config_path", "load_settings"]
 
 ENV_PREFIX = "NSN2N_"
+#: Series Number is IS (at most 2**31 - 1) and the QA report's is source + offset + 1.
+_MAX_SERIES_NUMBER_OFFSET = 2**31 - 2
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,10 @@ class AppSettings:
 
     Attributes:
         algorithm: NS-N2N parameters (:class:`nsn2n.DenoiseConfig`).
-        series_description: SeriesDescription of the derived series (at most 64 characters).
-        series_number_offset: derived SeriesNumber = source SeriesNumber + this.
+        series_description: SeriesDescription of the derived series: 1 to 64 printable ASCII characters
+            without backslash (DICOM LO, :func:`dicom_series.check_series_description`).
+        series_number_offset: derived SeriesNumber = source SeriesNumber + this, the QA report's + 1
+            more (:func:`dicom_series.derived_series_number`).
         strict: ``True``: any series that cannot be processed fails the run and nothing is written;
             ``False``: it is skipped with a warning and the others are written.
         qa_report: write the QA report (DICOM Encapsulated PDF in the output, PNG montage in the workdir).
@@ -42,7 +47,7 @@ class AppSettings:
 
     algorithm: DenoiseConfig = field(default_factory=DenoiseConfig)
     series_description: str = "NS-N2N denoised (research use)"
-    series_number_offset: int = 1000
+    series_number_offset: int = DEFAULT_SERIES_NUMBER_OFFSET
     strict: bool = False
     qa_report: bool = True
     finetune_steps: int = 0
@@ -50,19 +55,23 @@ class AppSettings:
     modalities: tuple[str, ...] = ("CT", "MR")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.series_description, str) or not 0 < len(self.series_description) <= 64:
-            raise ConfigError("series_description: must be 1 to 64 characters (DICOM LO)")
-        if "\\" in self.series_description:
-            raise ConfigError("series_description: must not contain a backslash")
+        try:
+            check_series_description(self.series_description)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("series_description", str(exc).removeprefix("series_description ")) from None
         for name in ("series_number_offset", "finetune_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name}: must be an integer >= 0, got {value!r}")
+                raise ConfigError(name, f"must be an integer >= 0, got {value!r}")
+        if self.series_number_offset > _MAX_SERIES_NUMBER_OFFSET:  # the QA report's number must stay an IS value
+            limit, value = _MAX_SERIES_NUMBER_OFFSET, self.series_number_offset
+            raise ConfigError("series_number_offset", f"must be at most {limit}, got {value}")
         for name in ("strict", "qa_report", "save_model"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         if not self.modalities or not all(isinstance(m, str) and m.isalnum() for m in self.modalities):
-            raise ConfigError(f"modalities: must be a non-empty list of DICOM modality codes, got {self.modalities!r}")
+            what = "must be a non-empty list of DICOM modality codes"
+            raise ConfigError("modalities", f"{what}, got {self.modalities!r}")
 
     @classmethod
     def app_keys(cls) -> tuple[str, ...]:
@@ -86,14 +95,14 @@ def _read_section(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+        raise ConfigError(None, f"cannot read the configuration file ({exc.strerror})", origin=str(path)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(None, f"not valid YAML ({exc})", origin=str(path)) from None
     section = document.get("denoise", {}) if isinstance(document, dict) else None
     if section is None:
         return {}
     if not isinstance(section, dict):
-        raise ConfigError(f"{path}: the 'denoise' section must be a mapping of key: value")
+        raise ConfigError(None, "the 'denoise' section must be a mapping of key: value", origin=str(path))
     return dict(section)
 
 
@@ -110,14 +119,14 @@ def load_settings(config_path: Path | None = None, env: Mapping[str, str] | None
     if path.is_file():
         values.update({k: (v, f"{path}: denoise.{k}") for k, v in _read_section(path).items()})
     elif config_path is not None:
-        raise ConfigError(f"{path}: configuration file not found")
+        raise ConfigError(None, "configuration file not found", origin=str(path))
     known = set(AppSettings.app_keys()) | set(DenoiseConfig.field_names())
     for name, raw in env.items():
         if name.startswith(ENV_PREFIX) and name != ENV_PREFIX:
             values[name[len(ENV_PREFIX) :].lower()] = (raw, f"environment variable {name}")
     unknown = [f"{origin} (unknown key {key!r})" for key, (_, origin) in values.items() if key not in known]
     if unknown:
-        raise ConfigError("; ".join(unknown) + f". Known keys: {', '.join(sorted(known))}")
+        raise ConfigError(None, "; ".join(unknown) + f". Known keys: {', '.join(sorted(known))}")
     try:
         algorithm = DenoiseConfig.from_mapping(
             {k: v for k, (v, _) in values.items() if k in DenoiseConfig.field_names()}
@@ -125,9 +134,8 @@ def load_settings(config_path: Path | None = None, env: Mapping[str, str] | None
         app_values = {k: _convert(k, v) for k, (v, _) in values.items() if k in AppSettings.app_keys()}
         return AppSettings(algorithm=algorithm, **app_values)
     except ConfigError as exc:
-        key = str(exc).split(":", 1)[0]
-        origin = values.get(key, (None, "default"))[1]
-        raise ConfigError(f"{origin}: {exc}") from None
+        origin = values.get(exc.key, (None, "default"))[1]
+        raise ConfigError(exc.key, exc.reason, origin=origin) from None
 
 
 def _convert(key: str, value: Any) -> Any:

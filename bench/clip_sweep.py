@@ -64,9 +64,9 @@ def sweep(name: str, store: VolumeStore, steps: int | None, device: str) -> list
     t0 = time.time()
     raw = nsn2n.denoise_volume(noisy, vol.spacing, vol.modality, cfg).denoised
     seconds = time.time() - t0
-    # The same weight maps and quiet-tile sigma the library computes (private helpers, same config).
-    valid, normalizer, normalised = api._prepare(noisy, None, vol.modality, None)
-    maps = api._weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), cfg)
+    # The same weight maps and quiet-tile sigma the library computes (same helpers, same config).
+    valid, normalizer, normalised = api.prepare_volume(noisy, None, vol.modality, None)
+    maps = api.configured_weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), cfg)
     weights = maps.weights.cpu().numpy()
     count = matched_neighbours(weights)
     quiet_sigma = maps.pixel_sigma * normalizer.scale

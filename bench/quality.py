@@ -245,10 +245,6 @@ def _nsn2n_config(ctx: Context, **changes):
     )
 
 
-def _report_device(report: dict | None, fallback: str) -> str:
-    return str((report or {}).get("device", fallback))
-
-
 def run_noisy(ctx: Context) -> Outcome:
     return Outcome(ctx.noisy, 0.0, "–")
 
@@ -259,7 +255,7 @@ def run_nsn2n(ctx: Context, use_weight_map: bool = True) -> Outcome:
     cfg = _nsn2n_config(ctx, use_weight_map=use_weight_map)
     t0 = time.time()
     res = nsn2n.denoise_volume(ctx.noisy, spacing=ctx.vol.spacing, modality=ctx.vol.modality, config=cfg)
-    return Outcome(np.asarray(res.denoised, np.float32), time.time() - t0, _report_device(res.report, ctx.device))
+    return Outcome(np.asarray(res.denoised, np.float32), time.time() - t0, res.report.device)
 
 
 def run_nomask(ctx: Context) -> Outcome:
@@ -267,14 +263,12 @@ def run_nomask(ctx: Context) -> Outcome:
 
 
 def run_oracle(ctx: Context) -> Outcome:
-    import nsn2n
+    from bench.oracle import fit_supervised_oracle
 
     cfg = _nsn2n_config(ctx)
     t0 = time.time()
-    res = nsn2n.fit_supervised_oracle(ctx.noisy, ctx.vol.clean, ctx.vol.spacing, ctx.vol.modality, cfg)
-    return Outcome(
-        np.asarray(res.denoised, np.float32), time.time() - t0, _report_device(getattr(res, "report", None), ctx.device)
-    )
+    res = fit_supervised_oracle(ctx.noisy, ctx.vol.clean, ctx.vol.spacing, ctx.vol.modality, cfg)
+    return Outcome(np.asarray(res.denoised, np.float32), time.time() - t0, res.device)
 
 
 def run_zsn2n(ctx: Context) -> Outcome:
@@ -487,7 +481,7 @@ def footer() -> list[str]:
         "Methods: NS-N2N = `nsn2n.denoise_volume` with the default `DenoiseConfig` except `max_steps` "
         "(and `time_budget_s=None`, `seed=0`, plus any `--set` overrides listed above); no-mask = the same "
         "with `use_weight_map=False` (plain neighbour-slice Noise2Noise); oracle = "
-        "`nsn2n.fit_supervised_oracle` (same network, config and steps, clean target: the ceiling); "
+        "`bench.oracle.fit_supervised_oracle` (same network, config and steps, clean target: the ceiling); "
         "ZS-N2N = Mansour & Heckel's 2-conv 48-channel net and loss, Adam 1e-3, StepLR(steps/3, 0.5), but "
         "ONE network shared by all slices trained on random 96² crops (batch 4) for the same number of "
         "steps (one network per slice is far too slow on CPU); NLM 3-D = skimage `denoise_nl_means` "

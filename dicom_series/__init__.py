@@ -6,11 +6,15 @@ application's operators are thin adapters around it.
 """
 
 from dicom_series.derived import (
+    DEFAULT_SERIES_NUMBER_OFFSET,
     IMPLEMENTATION_CLASS_UID,
+    SOFTWARE_NAME,
     DerivedSeriesOptions,
     EncapsulatedPdfOptions,
     build_derived_series,
     build_encapsulated_pdf,
+    check_series_description,
+    derived_series_number,
 )
 from dicom_series.reader import (
     DicomReadError,
@@ -18,26 +22,34 @@ from dicom_series.reader import (
     SourceSeries,
     group_series,
     load_series,
+    padding_bounds,
     read_dicom_folder,
     rescale_parameters,
+    stored_dtype,
     stored_value_range,
 )
-from dicom_series.writer import OutputError, write_series_atomically
+from dicom_series.writer import OutputFolderError, write_series_atomically
 
 __all__ = [
+    "DEFAULT_SERIES_NUMBER_OFFSET",
     "IMPLEMENTATION_CLASS_UID",
+    "SOFTWARE_NAME",
     "DerivedSeriesOptions",
     "DicomReadError",
     "EncapsulatedPdfOptions",
-    "OutputError",
+    "OutputFolderError",
     "SeriesError",
     "SourceSeries",
     "build_derived_series",
     "build_encapsulated_pdf",
+    "check_series_description",
+    "derived_series_number",
     "group_series",
     "load_series",
+    "padding_bounds",
     "read_dicom_folder",
     "rescale_parameters",
+    "stored_dtype",
     "stored_value_range",
     "write_series_atomically",
 ]

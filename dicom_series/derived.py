@@ -36,19 +36,25 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_series.reader import SourceSeries, rescale_parameters, stored_value_range
+from dicom_series.reader import SourceSeries, padding_bounds, rescale_parameters, stored_dtype, stored_value_range
 
 __all__ = [
+    "DEFAULT_SERIES_NUMBER_OFFSET",
     "IMPLEMENTATION_CLASS_UID",
+    "SOFTWARE_NAME",
     "DerivedSeriesOptions",
     "EncapsulatedPdfOptions",
     "build_derived_series",
     "build_encapsulated_pdf",
+    "check_series_description",
+    "derived_series_number",
 ]
 
 #: Implementation Class UID (0002,0012) of this writer (PS3.7 D.3.3.2). A UUID-derived ``2.25`` UID
 #: (PS3.5 B.2), fixed so that every file we write names the same implementation.
 IMPLEMENTATION_CLASS_UID = UID("2.25.170181854264613745082906077097506737111")
+#: This software's name, as Manufacturer and Model Name of the equipment that made an instance, and in
+#: the run record.
 SOFTWARE_NAME = "nsn2n-denoise"
 
 DEFAULT_DERIVATION_DESCRIPTION = (
@@ -199,6 +205,8 @@ _LOSSY_TRANSFER_SYNTAXES: dict[str, str] = {
 }
 
 _MAX_IS = 2**31 - 1
+#: Series Number of a derived series = the source's + this; the QA report's = the source's + this + 1.
+DEFAULT_SERIES_NUMBER_OFFSET = 1000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,6 +230,16 @@ def _check_text(name: str, value: str, max_len: int, *, multiline: bool = False,
     if not re.fullmatch(allowed, value):
         what = "printable ASCII" if multiline else "printable ASCII without backslash"
         raise ValueError(f"{name} must be {what}: {value!r}")
+
+
+def check_series_description(value: str) -> None:
+    """Series Description (0008,103E) is LO: 1 to 64 printable ASCII characters, no backslash (PS3.5 6.2).
+
+    Raises:
+        TypeError: ``value`` is not a string.
+        ValueError: it breaks the rule; the message says how.
+    """
+    _check_text("series_description", value, 64)
 
 
 def _check_series_number(value: int | None) -> None:
@@ -258,31 +276,20 @@ def _check_software(options: _SoftwareIdentity) -> None:
 class DerivedSeriesOptions:
     """How the derived (denoised) series describes itself.
 
-    Parameters
-    ----------
-    series_description:
-        Series Description (0008,103E), LO: at most 64 characters.
-    series_number:
-        Series Number (0020,0011), IS. ``None``: source Series Number + 1000 (left empty, as Type 2
-        allows, when the source has none).
-    software_version:
-        Software Versions (0018,1020) of the Contributing Equipment item.
-    manufacturer:
-        Manufacturer (0008,0070) of the Contributing Equipment item (C.12.1.1.5). The acquisition
-        equipment (General Equipment module) is kept.
-    derivation_description:
-        Derivation Description (0008,2111), ST: at most 1024 characters.
-    manufacturer_model_name:
-        Manufacturer's Model Name (0008,1090) of the Contributing Equipment item.
-    contribution_description:
-        Contribution Description (0018,A003) of the Contributing Equipment item.
-    derivation_code:
-        Derivation Code Sequence (0008,9215) item, CID 7203. DICOM has no "denoising" code; the
-        default is (113087, DCM, "Smoothing").
-    uid_prefix:
-        Root for new UIDs; ``None`` gives UUID-derived ``2.25.`` UIDs (PS3.5 B.2).
-    remove_private_tags:
-        Drop private attributes copied from the source (a site decision; default keep).
+    Attributes:
+        series_description: Series Description (0008,103E), LO: at most 64 characters.
+        series_number: Series Number (0020,0011), IS. ``None``: :func:`derived_series_number` with
+            ``DEFAULT_SERIES_NUMBER_OFFSET`` (left empty, as Type 2 allows, when the source has none).
+        software_version: Software Versions (0018,1020) of the Contributing Equipment item.
+        manufacturer: Manufacturer (0008,0070) of the Contributing Equipment item (C.12.1.1.5). The acquisition
+            equipment (General Equipment module) is kept.
+        derivation_description: Derivation Description (0008,2111), ST: at most 1024 characters.
+        manufacturer_model_name: Manufacturer's Model Name (0008,1090) of the Contributing Equipment item.
+        contribution_description: Contribution Description (0018,A003) of the Contributing Equipment item.
+        derivation_code: Derivation Code Sequence (0008,9215) item, CID 7203. DICOM has no "denoising" code; the
+            default is (113087, DCM, "Smoothing").
+        uid_prefix: Root for new UIDs; ``None`` gives UUID-derived ``2.25.`` UIDs (PS3.5 B.2).
+        remove_private_tags: Drop private attributes copied from the source (a site decision; default keep).
     """
 
     series_description: str
@@ -297,7 +304,7 @@ class DerivedSeriesOptions:
     remove_private_tags: bool = False
 
     def __post_init__(self) -> None:
-        _check_text("series_description", self.series_description, 64)
+        check_series_description(self.series_description)
         _check_series_number(self.series_number)
         _check_software(self)
         _check_text("derivation_description", self.derivation_description, 1024, multiline=True)
@@ -310,23 +317,18 @@ class DerivedSeriesOptions:
 class EncapsulatedPdfOptions:
     """How the Encapsulated PDF instance (PS3.3 A.45.1) describes itself.
 
-    Parameters
-    ----------
-    document_title:
-        Document Title (0042,0010), ST.
-    series_description:
-        Series Description (0008,103E) of the new DOC series, LO.
-    software_version, manufacturer, manufacturer_model_name:
-        General Equipment module (C.7.5.1) of the PDF: this software created it.
-    series_number:
-        Series Number (0020,0011), Type 1 here (C.24.1). ``None``: source Series Number + 1001.
-    concept_name:
-        Concept Name Code Sequence (0040,A043) item, Type 2. ``None`` leaves it empty: no standard
-        document-title code describes a denoising QA report.
-    burned_in_annotation:
-        Burned In Annotation (0028,0301): whether the PDF shows enough to identify the patient.
-    uid_prefix:
-        Root for new UIDs; ``None`` gives ``2.25.`` UIDs.
+    Attributes:
+        document_title: Document Title (0042,0010), ST.
+        series_description: Series Description (0008,103E) of the new DOC series, LO.
+        software_version, manufacturer, manufacturer_model_name: General Equipment module (C.7.5.1) of the PDF:
+            this software created it.
+        series_number: Series Number (0020,0011), Type 1 here (C.24.1). ``None``:
+            :func:`derived_series_number` with ``DEFAULT_SERIES_NUMBER_OFFSET + 1``.
+        concept_name: Concept Name Code Sequence (0040,A043) item, Type 2. ``None`` leaves it empty: no standard
+            document-title code describes a denoising QA report.
+        burned_in_annotation: Burned In Annotation (0028,0301): whether the PDF shows enough to identify the
+            patient.
+        uid_prefix: Root for new UIDs; ``None`` gives ``2.25.`` UIDs.
     """
 
     document_title: str
@@ -341,7 +343,7 @@ class EncapsulatedPdfOptions:
 
     def __post_init__(self) -> None:
         _check_text("document_title", self.document_title, 1024)
-        _check_text("series_description", self.series_description, 64)
+        check_series_description(self.series_description)
         _check_series_number(self.series_number)
         _check_software(self)
         if self.concept_name is not None and not isinstance(self.concept_name, Code):
@@ -423,12 +425,29 @@ def _set_new_series(ds: Dataset, series_uid: str, series_number: int | None, des
     ds.SeriesTime = _tm(t)
 
 
-def _default_series_number(source: SourceSeries, offset: int) -> int | None:
+def derived_series_number(source: SourceSeries, offset: int, *, required: bool = False) -> int | None:
+    """Series Number (0020,0011) of a new series made from ``source``: the source's Series Number + ``offset``.
+
+    A readers' convention: the derived series sorts right after its source in a viewer's series list. A
+    source without Series Number gives ``None`` (left empty, as Type 2 allows in the General Series
+    module), or, where the attribute is Type 1 (``required``: the Encapsulated Document Series, C.24.1),
+    ``offset`` as if the source's number were 0.
+
+    Raises:
+        ValueError: the number is outside 0..2**31-1, the range of an IS value (PS3.5 6.2).
+    """
     value = source.datasets[0].get("SeriesNumber")
     if value is None or value == "":
-        return None
+        if not required:
+            return None
+        value = 0
     number = int(value) + offset
-    return number if 0 <= number <= _MAX_IS else None
+    if not 0 <= number <= _MAX_IS:
+        raise ValueError(
+            f"Series Number {int(value)} + {offset} = {number} is outside 0..{_MAX_IS} (IS value range); "
+            "choose a smaller series_number_offset"
+        )
+    return number
 
 
 def _set_software_equipment(ds: Dataset, options: _SoftwareIdentity) -> None:
@@ -472,12 +491,6 @@ def _file_meta(ds: Dataset, options: _SoftwareIdentity) -> FileMetaDataset:
 # --------------------------------------------------------------------------------------------------
 
 
-def _storage_dtype(ds: Dataset) -> np.dtype:
-    bits, signed = int(ds.BitsAllocated), int(ds.PixelRepresentation) == 1
-    kind = {8: "i1", 16: "i2", 32: "i4"}[bits] if signed else {8: "u1", 16: "u2", 32: "u4"}[bits]
-    return np.dtype("<" + kind)
-
-
 def _encode_slice(src: Dataset, values: np.ndarray, padding: np.ndarray, padding_values: np.ndarray) -> np.ndarray:
     """Modality values -> stored values of ``src``'s pixel format (inverse of C.11.1.1.2).
 
@@ -489,10 +502,9 @@ def _encode_slice(src: Dataset, values: np.ndarray, padding: np.ndarray, padding
     lo, hi = stored_value_range(src)
     stored = np.rint((values.astype(np.float64) - intercept) / slope)
     np.clip(stored, lo, hi, out=stored)
-    value = src.get("PixelPaddingValue")
-    if value is not None:
-        limit = src.get("PixelPaddingRangeLimit")
-        p_lo, p_hi = sorted((int(value), int(limit if limit is not None else value)))
+    bounds = padding_bounds(src)
+    if bounds is not None:
+        p_lo, p_hi = bounds
         hit = (stored >= p_lo) & (stored <= p_hi) & ~padding
         if hit.any():
             below, above = p_lo - 1, p_hi + 1
@@ -502,7 +514,7 @@ def _encode_slice(src: Dataset, values: np.ndarray, padding: np.ndarray, padding
                 stored[hit] = below
             else:
                 stored[hit] = np.where(stored[hit] - below <= above - stored[hit], below, above)
-    out = stored.astype(_storage_dtype(src))
+    out = stored.astype(stored_dtype(src))
     if padding_values.size:
         out[padding] = padding_values
     return out
@@ -558,11 +570,68 @@ def build_derived_series(
       kept (and set to "01" when the source transfer syntax was lossy);
     * Explicit VR Little Endian file meta (compressed sources are written uncompressed).
 
-    ``denoised`` must have ``source.shape`` and hold finite values. ``now`` fixes the creation time
-    (for reproducible tests); by default the current time in the source's timezone offset.
+    Args:
+        source: the source series.
+        denoised: values in modality units, ``source.shape``, finite.
+        options: how the new series describes itself.
+        now: the creation time (for reproducible tests); by default the current time in the source's
+            timezone offset.
+
+    Raises:
+        ValueError: ``denoised`` has the wrong shape or non-finite values.
     """
     if not isinstance(options, DerivedSeriesOptions):
         raise TypeError("options must be a DerivedSeriesOptions")
+    denoised = _checked_values(source, denoised)
+    t = _creation_time(source.datasets[0], now)
+    used: set[str] = set()
+    for src in source.datasets:
+        used.update(str(src.get(k, "")) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
+    series = _NewSeries(
+        uid=_new_uid(options.uid_prefix, used),
+        number=options.series_number
+        if options.series_number is not None
+        else derived_series_number(source, DEFAULT_SERIES_NUMBER_OFFSET),
+        contribution=_contributing_equipment_item(options, options.contribution_description, t),
+        time=t,
+    )
+    return [_derived_instance(source, z, denoised[z], options, series, used) for z in range(len(source))]
+
+
+@dataclass(frozen=True)
+class _NewSeries:
+    """What every instance of one new series shares."""
+
+    uid: str
+    number: int | None
+    contribution: Dataset
+    time: datetime
+
+
+def _derived_instance(
+    source: SourceSeries, z: int, values: np.ndarray, options: DerivedSeriesOptions, series: _NewSeries, used: set[str]
+) -> Dataset:
+    """The derived instance of slice ``z`` with pixel ``values`` (modality units)."""
+    src = source.datasets[z]
+    t = series.time
+    ds = _copy_for_derivation(src, options.remove_private_tags)
+    # SOP Common (C.12.1) and General Series (C.7.3.1)
+    ds.SOPInstanceUID = _new_uid(options.uid_prefix, used)
+    _set_instance_creation(ds, t)
+    _set_new_series(ds, series.uid, series.number, options.series_description, t)
+    equipment = DicomSequence(list(copy.deepcopy(src.get("ContributingEquipmentSequence", []))))
+    equipment.append(copy.deepcopy(series.contribution))
+    ds.ContributingEquipmentSequence = equipment
+    _set_derivation(ds, src, z, source.series_instance_uid, options, t)
+    # Image Pixel (C.7.6.3) and VOI LUT (C.11.2)
+    pixels = _encode_slice(src, values, source.padding_mask[z], source.padding_stored_values[z])
+    ds.add_new(0x7FE00010, "OB" if pixels.dtype.itemsize == 1 else "OW", pixels.tobytes())
+    _drop_invalid_window(ds)
+    ds.file_meta = _file_meta(ds, options)
+    return ds
+
+
+def _checked_values(source: SourceSeries, denoised: np.ndarray) -> np.ndarray:
     denoised = np.asarray(denoised)
     if denoised.shape != source.shape:
         raise ValueError(f"denoised volume has shape {denoised.shape}, the source series {source.shape}")
@@ -570,65 +639,44 @@ def build_derived_series(
         raise ValueError(f"denoised volume must be numeric, got {denoised.dtype}")
     if denoised.dtype.kind == "f" and not np.all(np.isfinite(denoised)):
         raise ValueError(f"denoised volume of series {source.series_instance_uid} contains NaN or Inf")
+    return denoised
 
-    t = _creation_time(source.datasets[0], now)
-    used: set[str] = set()
-    for src in source.datasets:
-        used.update(str(src.get(k, "")) for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"))
-    series_uid = _new_uid(options.uid_prefix, used)
-    series_number = options.series_number if options.series_number is not None else _default_series_number(source, 1000)
-    contribution = _contributing_equipment_item(options, options.contribution_description, t)
 
-    out: list[Dataset] = []
-    for z, src in enumerate(source.datasets):
-        ds = Dataset()
-        for elem in src:
-            if elem.tag.group == 0x0000 or elem.tag in _DROP_FROM_DERIVED:
-                continue
-            ds.add(copy.deepcopy(elem))
-        if options.remove_private_tags:
-            ds.remove_private_tags()
+def _copy_for_derivation(src: Dataset, remove_private_tags: bool) -> Dataset:
+    """A deep copy of ``src`` without the attributes a derived instance must not carry over."""
+    ds = Dataset()
+    for elem in src:
+        if elem.tag.group == 0x0000 or elem.tag in _DROP_FROM_DERIVED:
+            continue
+        ds.add(copy.deepcopy(elem))
+    if remove_private_tags:
+        ds.remove_private_tags()
+    return ds
 
-        # SOP Common (C.12.1) and General Series (C.7.3.1)
-        ds.SOPInstanceUID = _new_uid(options.uid_prefix, used)
-        _set_instance_creation(ds, t)
-        _set_new_series(ds, series_uid, series_number, options.series_description, t)
-        equipment = DicomSequence(list(copy.deepcopy(src.get("ContributingEquipmentSequence", []))))
-        equipment.append(copy.deepcopy(contribution))
-        ds.ContributingEquipmentSequence = equipment
 
-        # General Image (C.7.6.1) and General Reference (C.12.4)
-        ds.InstanceNumber = z + 1
-        ds.ContentDate = _da(t)
-        ds.ContentTime = _tm(t)
-        ds.ImageType = ["DERIVED", "SECONDARY", *list(src.get("ImageType", []))[2:]]
-        ds.DerivationDescription = options.derivation_description
-        ds.DerivationCodeSequence = DicomSequence([_code_item(options.derivation_code)])
-        ds.SourceImageSequence = DicomSequence(
-            [_sop_reference(src.SOPClassUID, src.SOPInstanceUID, codes.DCM.SourceImageForImageProcessingOperation)]
-        )
-        # Common Instance Reference (C.12.2): the instances this instance references, i.e. its source
-        # slice (listing the whole series in every slice would cost N^2 items).
-        referenced = DicomSequence(list(copy.deepcopy(src.get("ReferencedSeriesSequence", []))))
-        referenced.append(
-            _referenced_series_item(source.series_instance_uid, [_sop_reference(src.SOPClassUID, src.SOPInstanceUID)])
-        )
-        ds.ReferencedSeriesSequence = referenced
-
-        # Lossy compression history (C.7.6.1.1.5)
-        ts = src.file_meta.get("TransferSyntaxUID") if getattr(src, "file_meta", None) else None
-        if ts in _LOSSY_TRANSFER_SYNTAXES and str(src.get("LossyImageCompression", "")) != "01":
-            ds.LossyImageCompression = "01"
-            ds.LossyImageCompressionMethod = _LOSSY_TRANSFER_SYNTAXES[ts]
-
-        # Image Pixel (C.7.6.3) and VOI LUT (C.11.2)
-        pixels = _encode_slice(src, denoised[z], source.padding_mask[z], source.padding_stored_values[z])
-        ds.add_new(0x7FE00010, "OB" if pixels.dtype.itemsize == 1 else "OW", pixels.tobytes())
-        _drop_invalid_window(ds)
-
-        ds.file_meta = _file_meta(ds, options)
-        out.append(ds)
-    return out
+def _set_derivation(
+    ds: Dataset, src: Dataset, z: int, source_series_uid: str, options: DerivedSeriesOptions, t: datetime
+) -> None:
+    """General Image (C.7.6.1), General Reference (C.12.4), Common Instance Reference (C.12.2) and the
+    lossy-compression history (C.7.6.1.1.5) of the derived instance made from ``src``."""
+    ds.InstanceNumber = z + 1
+    ds.ContentDate = _da(t)
+    ds.ContentTime = _tm(t)
+    ds.ImageType = ["DERIVED", "SECONDARY", *list(src.get("ImageType", []))[2:]]
+    ds.DerivationDescription = options.derivation_description
+    ds.DerivationCodeSequence = DicomSequence([_code_item(options.derivation_code)])
+    ds.SourceImageSequence = DicomSequence(
+        [_sop_reference(src.SOPClassUID, src.SOPInstanceUID, codes.DCM.SourceImageForImageProcessingOperation)]
+    )
+    # The instances this instance references, i.e. its source slice (listing the whole series in every
+    # slice would cost N^2 items).
+    referenced = DicomSequence(list(copy.deepcopy(src.get("ReferencedSeriesSequence", []))))
+    referenced.append(_referenced_series_item(source_series_uid, [_sop_reference(src.SOPClassUID, src.SOPInstanceUID)]))
+    ds.ReferencedSeriesSequence = referenced
+    ts = src.file_meta.get("TransferSyntaxUID") if getattr(src, "file_meta", None) else None
+    if ts in _LOSSY_TRANSFER_SYNTAXES and str(src.get("LossyImageCompression", "")) != "01":
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = _LOSSY_TRANSFER_SYNTAXES[ts]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -650,15 +698,20 @@ def build_encapsulated_pdf(
     Instance Sequence (0042,0013) references every source instance and, when given, the ``derived``
     instances the report describes. General Equipment names this software; SC Equipment Conversion
     Type is WSD (workstation).
+
+    Args:
+        source: the series the report is about.
+        pdf_bytes: the PDF document.
+        options: how the new series describes itself.
+        derived: the derived instances the report describes.
+        now: the creation time (for reproducible tests); by default now.
+
+    Raises:
+        ValueError: ``pdf_bytes`` is not a PDF or too large for an Encapsulated Document.
     """
     if not isinstance(options, EncapsulatedPdfOptions):
         raise TypeError("options must be an EncapsulatedPdfOptions")
-    pdf_bytes = bytes(pdf_bytes)
-    if not pdf_bytes.startswith(b"%PDF-"):
-        raise ValueError("pdf_bytes is not a PDF document (it does not start with '%PDF-')")
-    if len(pdf_bytes) >= 2**32 - 2:
-        raise ValueError("PDF document too large for an Encapsulated Document (0042,0011)")
-
+    pdf_bytes = _checked_pdf(pdf_bytes)
     first = source.datasets[0]
     t = _creation_time(first, now)
     used: set[str] = {str(ds.get("SOPInstanceUID", "")) for ds in source.datasets}
@@ -670,32 +723,16 @@ def build_encapsulated_pdf(
 
     # Encapsulated Document Series (C.24.1)
     ds.Modality = "DOC"
-    number = options.series_number if options.series_number is not None else _default_series_number(source, 1001)
-    _set_new_series(
-        ds, _new_uid(options.uid_prefix, used), 1001 if number is None else number, options.series_description, t
-    )
+    number = options.series_number
+    if number is None:
+        number = derived_series_number(source, DEFAULT_SERIES_NUMBER_OFFSET + 1, required=True)
+    _set_new_series(ds, _new_uid(options.uid_prefix, used), number, options.series_description, t)
 
     # General Equipment (C.7.5.1) and SC Equipment (C.8.6.1)
     _set_software_equipment(ds, options)
     ds.ConversionType = "WSD"
 
-    # Encapsulated Document (C.24.2)
-    ds.InstanceNumber = 1
-    ds.ContentDate = _da(t)
-    ds.ContentTime = _tm(t)
-    ds.AcquisitionDateTime = _dt(t)
-    ds.BurnedInAnnotation = "YES" if options.burned_in_annotation else "NO"
-    refs = [_sop_reference(s.SOPClassUID, s.SOPInstanceUID) for s in source.datasets]
-    refs += [_sop_reference(d.SOPClassUID, d.SOPInstanceUID) for d in derived]
-    ds.SourceInstanceSequence = DicomSequence(refs)
-    ds.DocumentTitle = options.document_title
-    ds.ConceptNameCodeSequence = DicomSequence(
-        [_code_item(options.concept_name)] if options.concept_name is not None else []
-    )
-    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    ds.EncapsulatedDocument = pdf_bytes + (b"\x00" if len(pdf_bytes) % 2 else b"")
-    ds.EncapsulatedDocumentLength = len(pdf_bytes)
-
+    _set_encapsulated_document(ds, pdf_bytes, options, [*source.datasets, *derived], t)
     # SOP Common (C.12.1)
     ds.SOPClassUID = EncapsulatedPDFStorage
     ds.SOPInstanceUID = _new_uid(options.uid_prefix, used)
@@ -703,3 +740,31 @@ def build_encapsulated_pdf(
 
     ds.file_meta = _file_meta(ds, options)
     return ds
+
+
+def _checked_pdf(pdf_bytes: bytes) -> bytes:
+    pdf_bytes = bytes(pdf_bytes)
+    if not pdf_bytes.startswith(b"%PDF-"):
+        raise ValueError("pdf_bytes is not a PDF document (it does not start with '%PDF-')")
+    if len(pdf_bytes) >= 2**32 - 2:
+        raise ValueError("PDF document too large for an Encapsulated Document (0042,0011)")
+    return pdf_bytes
+
+
+def _set_encapsulated_document(
+    ds: Dataset, pdf_bytes: bytes, options: EncapsulatedPdfOptions, sources: Sequence[Dataset], t: datetime
+) -> None:
+    """Encapsulated Document module (C.24.2): the PDF, its title and the instances it describes."""
+    ds.InstanceNumber = 1
+    ds.ContentDate = _da(t)
+    ds.ContentTime = _tm(t)
+    ds.AcquisitionDateTime = _dt(t)
+    ds.BurnedInAnnotation = "YES" if options.burned_in_annotation else "NO"
+    ds.SourceInstanceSequence = DicomSequence([_sop_reference(s.SOPClassUID, s.SOPInstanceUID) for s in sources])
+    ds.DocumentTitle = options.document_title
+    ds.ConceptNameCodeSequence = DicomSequence(
+        [_code_item(options.concept_name)] if options.concept_name is not None else []
+    )
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf_bytes + (b"\x00" if len(pdf_bytes) % 2 else b"")
+    ds.EncapsulatedDocumentLength = len(pdf_bytes)

@@ -49,8 +49,10 @@ __all__ = [
     "SourceSeries",
     "group_series",
     "load_series",
+    "padding_bounds",
     "read_dicom_folder",
     "rescale_parameters",
+    "stored_dtype",
     "stored_value_range",
 ]
 
@@ -76,8 +78,14 @@ DUPLICATE_POSITION_TOLERANCE_MM = 0.01
 MISSING_SLICE_FACTOR = 1.5
 #: Image Orientation (Patient) direction cosines may differ by this much within one series.
 ORIENTATION_TOLERANCE = 1e-3
-#: Minimum number of slices the denoiser needs (a slice and its two neighbours).
-MIN_SLICES = 3
+#: Fewest slices of a series: the slice spacing is measured between two positions.
+MIN_POSITIONS = 2
+#: Attributes every instance of a series must share.
+_SERIES_CONSTANTS = (
+    ("SOPClassUID", "SOP Class UID (0008,0016)"),
+    ("Modality", "Modality (0008,0060)"),
+    ("StudyInstanceUID", "Study Instance UID (0020,000D)"),
+)
 
 
 class SeriesError(ValueError):
@@ -104,34 +112,27 @@ class DicomReadError(ValueError):
 class SourceSeries:
     """A validated single-frame image series, sorted along the slice normal.
 
-    Attributes
-    ----------
-    datasets:
-        The instances in spatial order (ascending projection of Image Position (Patient) on the slice
-        normal). They are the caller's objects, not copies: treat them as read-only.
-    paths:
-        The file of each dataset (same order), or ``None`` where it was not read from a file.
-    volume:
-        float32 array (D, H, W) in modality units (Hounsfield units for CT), i.e. stored values mapped
-        through Rescale Slope/Intercept (PS3.3 C.11.1). Padding pixels keep their mapped value; use
-        :attr:`padding_mask` to exclude them.
-    padding_mask:
-        bool array (D, H, W), True where the stored value is Pixel Padding Value (0028,0120) or lies in
-        the Pixel Padding Value .. Pixel Padding Range Limit (0028,0121) range (PS3.3 C.7.5.1.1.2).
-    padding_stored_values:
-        Per slice, the original stored values at the ``padding_mask[z]`` pixels (C order), so that a
-        writer can restore them exactly.
-    spacing:
-        (dz, dy, dx) in mm. dz is the median distance between consecutive slice positions projected on
-        the normal; dy, dx come from Pixel Spacing (0028,0030) (row spacing, column spacing).
-    slice_positions:
-        float64 (D,), projection of each Image Position (Patient) on the normal, in mm (ascending).
-    slice_gaps:
-        float64 (D - 1,), differences of :attr:`slice_positions`.
-    normal:
-        Unit slice normal (row cosine x column cosine), patient (LPS) coordinates.
-    warnings:
-        Non-fatal findings (slightly irregular spacing, sheared stack, ...), one line each.
+    Attributes:
+        datasets: The instances in spatial order (ascending projection of Image Position (Patient) on the slice
+            normal). They are the caller's objects, not copies: treat them as read-only.
+        paths: The file of each dataset (same order), or ``None`` where it was not read from a file.
+        volume: float32 array (D, H, W) in modality units (Hounsfield units for CT), i.e. stored values mapped
+            through Rescale Slope/Intercept (PS3.3 C.11.1). Padding pixels keep their mapped value; use
+            :attr:`padding_mask` to exclude them.
+        padding_mask: bool array (D, H, W), True where the stored value is Pixel Padding Value (0028,0120) or lies
+            in the Pixel Padding Value .. Pixel Padding Range Limit (0028,0121) range (PS3.3 C.7.5.1.1.2).
+        padding_stored_values: Per slice, the original stored values at the ``padding_mask[z]`` pixels (C order),
+            so that a writer can restore them exactly.
+        spacing: (dz, dy, dx) in mm. dz is the median distance between consecutive slice positions projected on the
+            normal; dy, dx come from Pixel Spacing (0028,0030) (row spacing, column spacing).
+        slice_positions: float64 (D,), projection of each Image Position (Patient) on the normal, in mm
+            (ascending).
+        slice_gaps: float64 (D - 1,), differences of :attr:`slice_positions`.
+        normal: Unit slice normal (row cosine x column cosine), patient (LPS) coordinates.
+        modality, sop_class_uid, study_instance_uid, series_instance_uid: of the series (the same in
+            every instance).
+        frame_of_reference_uid: Frame of Reference UID (0020,0052), or ``None`` when absent.
+        warnings: Non-fatal findings (slightly irregular spacing, sheared stack, ...), one line each.
     """
 
     datasets: list[Dataset]
@@ -182,9 +183,21 @@ def read_dicom_folder(folder: str | os.PathLike[str], *, skip_unreadable: bool =
     Pixel data is read but not decoded; a truncated file usually reads fine and is reported by
     :func:`load_series`, which decodes it (where pydicom loses the whole dataset to truncated
     encapsulated pixel data, the header is kept without Pixel Data, so the file is still reported
-    in its series rather than silently missing). A file with the ``DICM`` prefix whose header cannot be
-    parsed raises :class:`DicomReadError` naming the file, or is skipped with a warning when
-    ``skip_unreadable`` is True.
+    in its series rather than silently missing).
+
+    Args:
+        folder: the folder to read.
+        skip_unreadable: skip, with a warning, a file with the ``DICM`` prefix whose header cannot be
+            parsed, instead of raising.
+
+    Returns:
+        ``(path, dataset)`` of every DICOM instance found.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file.
+        DicomReadError: a file with the ``DICM`` prefix cannot be parsed (naming the file), unless
+            ``skip_unreadable``.
     """
     root = Path(folder)
     if not root.exists():
@@ -197,36 +210,40 @@ def read_dicom_folder(folder: str | os.PathLike[str], *, skip_unreadable: bool =
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if not path.is_file():
-                continue
-            try:
-                ds = pydicom.dcmread(path, force=False)
-            except InvalidDicomError:
-                logger.debug("Skipping %s: not a DICOM Part 10 file", path)
-                continue
-            except Exception as exc:  # truncated/corrupt header: pydicom raises many types
-                msg = f"Cannot parse DICOM file {path.name} in {path.parent}: {type(exc).__name__}: {exc}"
-                msg = " ".join(msg.split())
-                if skip_unreadable:
-                    logger.warning("Skipping unreadable file: %s", msg)
-                    continue
-                raise DicomReadError(msg) from exc
-            if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
-                # pydicom returns an empty dataset when encapsulated pixel data runs into the end of a
-                # truncated file; keep the header so that load_series reports the file in its series.
-                header = _read_header(path)
-                if header is not None and header.get("SOPClassUID") and header.get("SOPInstanceUID"):
-                    logger.warning("%s looks truncated: only its header could be read", path)
-                    ds = header
-            media_class = ds.file_meta.get("MediaStorageSOPClassUID") if ds.file_meta else None
-            if media_class == MediaStorageDirectoryStorage or ds.get("SOPClassUID") == MediaStorageDirectoryStorage:
-                logger.info("Ignoring DICOMDIR %s (the files are read directly)", path)
-                continue
-            if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
-                logger.warning("Skipping %s: no SOP Class UID or SOP Instance UID", path)
-                continue
-            found.append((path, ds))
+            ds = _read_instance(path, skip_unreadable) if path.is_file() else None
+            if ds is not None:
+                found.append((path, ds))
     return found
+
+
+def _read_instance(path: Path, skip_unreadable: bool) -> Dataset | None:
+    """One file as an image instance, or ``None`` when it is none (see :func:`read_dicom_folder`)."""
+    try:
+        ds = pydicom.dcmread(path, force=False)
+    except InvalidDicomError:
+        logger.debug("Skipping %s: not a DICOM Part 10 file", path)
+        return None
+    except Exception as exc:  # truncated/corrupt header: pydicom raises many types
+        msg = " ".join(f"Cannot parse DICOM file {path.name} in {path.parent}: {type(exc).__name__}: {exc}".split())
+        if skip_unreadable:
+            logger.warning("Skipping unreadable file: %s", msg)
+            return None
+        raise DicomReadError(msg) from exc
+    if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
+        # pydicom returns an empty dataset when encapsulated pixel data runs into the end of a
+        # truncated file; keep the header so that load_series reports the file in its series.
+        header = _read_header(path)
+        if header is not None and header.get("SOPClassUID") and header.get("SOPInstanceUID"):
+            logger.warning("%s looks truncated: only its header could be read", path)
+            ds = header
+    media_class = ds.file_meta.get("MediaStorageSOPClassUID") if ds.file_meta else None
+    if media_class == MediaStorageDirectoryStorage or ds.get("SOPClassUID") == MediaStorageDirectoryStorage:
+        logger.info("Ignoring DICOMDIR %s (the files are read directly)", path)
+        return None
+    if not ds.get("SOPClassUID") or not ds.get("SOPInstanceUID"):
+        logger.warning("Skipping %s: no SOP Class UID or SOP Instance UID", path)
+        return None
+    return ds
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -277,8 +294,9 @@ def _normalise_items(
 def rescale_parameters(ds: Dataset) -> tuple[float, float]:
     """(slope, intercept) of the linear Modality LUT transform (PS3.3 C.11.1.1.2); (1, 0) if absent.
 
-    Raises ``ValueError`` for a non-invertible slope or when only one of the two attributes is present
-    (pydicom would then silently skip rescaling while a writer would apply the other one).
+    Raises:
+        ValueError: a non-invertible slope, or only one of the two attributes present (pydicom would then
+            silently skip rescaling while a writer would apply the other one).
     """
     has_slope, has_icpt = "RescaleSlope" in ds, "RescaleIntercept" in ds
     if has_slope != has_icpt:
@@ -299,8 +317,19 @@ def stored_value_range(ds: Dataset) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
-def _padding_bounds(ds: Dataset) -> tuple[int, int] | None:
-    """Inclusive stored-value range that is padding (C.7.5.1.1.2), or None."""
+def stored_dtype(ds: Dataset) -> np.dtype:
+    """Little-endian numpy type of the stored values: Bits Allocated 8/16/32, signed when Pixel
+    Representation is 1 (C.7.6.3); the type the derived series is encoded in."""
+    signed = int(ds.PixelRepresentation) == 1
+    return np.dtype(f"<{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}")
+
+
+def padding_bounds(ds: Dataset) -> tuple[int, int] | None:
+    """Inclusive stored-value range that is padding (C.7.5.1.1.2), or ``None`` without Pixel Padding Value.
+
+    Pixel Padding Value alone marks one value; with Pixel Padding Range Limit every stored value between
+    the two (in either order) is padding.
+    """
     if ds.get("PixelPaddingValue") is None:
         return None
     value = int(ds.PixelPaddingValue)
@@ -311,40 +340,108 @@ def _padding_bounds(ds: Dataset) -> tuple[int, int] | None:
     return min(value, limit), max(value, limit)
 
 
-def load_series(datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Dataset]) -> SourceSeries:
+def load_series(
+    datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Dataset], *, min_slices: int = MIN_POSITIONS
+) -> SourceSeries:
     """Validate, sort and decode one single-frame image series.
 
-    ``datasets_with_paths`` holds ``(path, Dataset)`` pairs as returned by :func:`read_dicom_folder` /
-    :func:`group_series` (bare Datasets are accepted too). The datasets are not modified.
+    Args:
+        datasets_with_paths: ``(path, Dataset)`` pairs as returned by :func:`read_dicom_folder` /
+            :func:`group_series` (bare Datasets are accepted too). The datasets are not modified.
+        min_slices: fewest slices accepted (at least 2: the slice spacing is measured between positions).
 
-    Raises :class:`SeriesError` for: instances of several series, enhanced/multi-frame objects, colour
-    or float pixel data, missing or inconsistent geometry (Image Position/Orientation (Patient), Pixel
-    Spacing, Rows/Columns), fewer than 3 slices, two slices at the same position, missing slices,
-    a non-linear Modality LUT, and pixel data that cannot be decoded or is shorter than declared.
+    Returns:
+        The series sorted along its slice normal, with its volume in modality units.
+
+    Raises:
+        SeriesError: instances of several series, enhanced/multi-frame objects, colour or float pixel data,
+            missing or inconsistent geometry (Image Position/Orientation (Patient), Pixel Spacing,
+            Rows/Columns), fewer than ``min_slices`` slices, two slices at the same position, missing
+            slices, a non-linear Modality LUT, and pixel data that cannot be decoded or is shorter than
+            declared.
     """
     items = _normalise_items(datasets_with_paths)
+    series_uid = _single_series_uid(items)
+    for path, ds in items:
+        _check_instance(series_uid, path, ds)
+    for keyword, label in _SERIES_CONSTANTS:
+        _check_consistent(series_uid, items, keyword, label)
+    needed = max(min_slices, MIN_POSITIONS)
+    if len(items) < needed:
+        raise SeriesError(series_uid, f"only {len(items)} slice(s); at least {needed} are needed")
+    geometry = _sort_along_normal(series_uid, items)
+    volume, mask, padding_values = _decode_pixels(series_uid, geometry.items)
+    for w in geometry.warnings:
+        logger.warning("Series %s: %s", series_uid, w)
+    first = geometry.items[0][1]
+    return SourceSeries(
+        datasets=[ds for _, ds in geometry.items],
+        paths=[p for p, _ in geometry.items],
+        volume=volume,
+        padding_mask=mask,
+        padding_stored_values=padding_values,
+        spacing=geometry.spacing,
+        slice_positions=geometry.positions,
+        slice_gaps=geometry.gaps,
+        normal=geometry.normal,
+        modality=str(first.get("Modality", "")),
+        sop_class_uid=str(first.SOPClassUID),
+        study_instance_uid=str(first.get("StudyInstanceUID", "")),
+        series_instance_uid=series_uid,
+        frame_of_reference_uid=str(first.FrameOfReferenceUID) if first.get("FrameOfReferenceUID") else None,
+        warnings=geometry.warnings,
+    )
+
+
+def _single_series_uid(items: Sequence[tuple[Path | None, Dataset]]) -> str:
+    """The one Series Instance UID of ``items``; :class:`SeriesError` when there are none or several."""
     if not items:
         raise SeriesError(None, "no instances given")
-
     series_uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in items}
-    series_uid = next(iter(series_uids)) if len(series_uids) == 1 else None
     if len(series_uids) > 1:
         raise SeriesError(
             None, f"the instances belong to {len(series_uids)} different series: {', '.join(sorted(series_uids))}"
         )
+    series_uid = next(iter(series_uids))
     if not series_uid:
         raise SeriesError(None, "the instances have no Series Instance UID (0020,000E)")
+    return series_uid
 
-    for path, ds in items:
-        _check_instance(series_uid, path, ds)
-    _check_consistent(series_uid, items, "SOPClassUID", "SOP Class UID (0008,0016)")
-    _check_consistent(series_uid, items, "Modality", "Modality (0008,0060)")
-    _check_consistent(series_uid, items, "StudyInstanceUID", "Study Instance UID (0020,000D)")
 
-    if len(items) < MIN_SLICES:
-        raise SeriesError(series_uid, f"only {len(items)} slice(s); at least {MIN_SLICES} are needed for denoising")
+# --------------------------------------------------------------------------------------------------
+# Geometry: one plane orientation, slices sorted along its normal (PS3.3 C.7.6.2.1.1)
+# --------------------------------------------------------------------------------------------------
 
-    # -- geometry --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _SliceGeometry:
+    """The slices of a series sorted along their normal, and what their positions say."""
+
+    items: list[tuple[Path | None, Dataset]]
+    normal: np.ndarray
+    positions: np.ndarray  # projection of each Image Position (Patient) on the normal, ascending
+    gaps: np.ndarray
+    spacing: tuple[float, float, float]
+    warnings: list[str]
+
+
+def _sort_along_normal(series_uid: str, items: Sequence[tuple[Path | None, Dataset]]) -> _SliceGeometry:
+    """Sort by position along the slice normal; reject duplicate, missing and irregular slices."""
+    normal, pixel_spacing = _common_plane(series_uid, items)
+    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in items], dtype=np.float64)
+    proj = positions @ normal
+    order = np.argsort(proj, kind="stable")
+    items = [items[i] for i in order]
+    positions, proj = positions[order], proj[order]
+    gaps = np.diff(proj)
+    median_gap = _check_gaps(series_uid, items, proj, gaps)
+    warnings = _irregularity_warnings(positions, proj, gaps, median_gap, normal, pixel_spacing)
+    spacing = (median_gap, pixel_spacing[0], pixel_spacing[1])
+    return _SliceGeometry(items, normal, proj, gaps, spacing, warnings)
+
+
+def _common_plane(series_uid: str, items: Sequence[tuple[Path | None, Dataset]]) -> tuple[np.ndarray, list[float]]:
+    """The unit slice normal and Pixel Spacing, after checking every instance shares the first's plane."""
     first_path, first = items[0]
     iop0 = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
     row_cos, col_cos = iop0[:3], iop0[3:]
@@ -384,14 +481,13 @@ def load_series(datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Data
                 f"inconsistent Pixel Spacing (0028,0030) {sp} vs {spacing0} in {_name(first_path)}",
                 path,
             )
+    return normal, spacing0
 
-    positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in items], dtype=np.float64)
-    proj = positions @ normal
-    order = np.argsort(proj, kind="stable")
-    items = [items[i] for i in order]
-    positions, proj = positions[order], proj[order]
-    gaps = np.diff(proj)
 
+def _check_gaps(
+    series_uid: str, items: Sequence[tuple[Path | None, Dataset]], proj: np.ndarray, gaps: np.ndarray
+) -> float:
+    """Reject duplicate positions, missing slices and overlapping reconstructions; the median gap."""
     dup = np.flatnonzero(gaps < DUPLICATE_POSITION_TOLERANCE_MM)
     if dup.size:
         k = int(dup[0])
@@ -401,7 +497,6 @@ def load_series(datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Data
             "are at the same position (several acquisitions, echoes or phases in one series?)",
         )
     median_gap = float(np.median(gaps))
-    warnings: list[str] = []
     big = np.flatnonzero(gaps > MISSING_SLICE_FACTOR * median_gap)
     if big.size:
         k = int(big[0])
@@ -419,6 +514,19 @@ def load_series(datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Data
             f"{proj[k + 1]:.3f} mm, median spacing {median_gap:.3f} mm (overlapping slices from "
             "different reconstructions?)",
         )
+    return median_gap
+
+
+def _irregularity_warnings(
+    positions: np.ndarray,
+    proj: np.ndarray,
+    gaps: np.ndarray,
+    median_gap: float,
+    normal: np.ndarray,
+    pixel_spacing: Sequence[float],
+) -> list[str]:
+    """Findings that do not stop denoising: slightly non-uniform gaps, a sheared (tilted) stack."""
+    warnings: list[str] = []
     tolerance = max(DUPLICATE_POSITION_TOLERANCE_MM, 0.01 * median_gap)
     deviation = np.abs(gaps - median_gap)
     if np.any(deviation > tolerance):
@@ -430,20 +538,31 @@ def load_series(datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Data
     steps = np.diff(positions, axis=0)
     in_plane = steps - np.outer(steps @ normal, normal)
     shear = float(np.max(np.linalg.norm(in_plane, axis=1)))
-    if shear > 0.1 * min(spacing0):
+    if shear > 0.1 * min(pixel_spacing):
         warnings.append(
             f"slice positions are not aligned along the slice normal (gantry tilt or sheared stack): "
             f"up to {shear:.3f} mm in-plane offset between consecutive slices; geometry is kept per slice"
         )
+    return warnings
 
-    # -- pixels ----------------------------------------------------------------------------------
+
+# --------------------------------------------------------------------------------------------------
+# Pixels: stored values, padding (C.7.5.1.1.2) and the Modality LUT (C.11.1)
+# --------------------------------------------------------------------------------------------------
+
+
+def _decode_pixels(
+    series_uid: str, items: Sequence[tuple[Path | None, Dataset]]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """``(volume in modality units, padding mask, stored padding values per slice)`` of sorted ``items``."""
+    first = items[0][1]
     rows, cols = int(first.Rows), int(first.Columns)
     volume = np.empty((len(items), rows, cols), dtype=np.float32)
     mask = np.zeros((len(items), rows, cols), dtype=bool)
     padding_values: list[np.ndarray] = []
     for z, (path, ds) in enumerate(items):
         stored = _decode(series_uid, path, ds)
-        bounds = _padding_bounds(ds)
+        bounds = padding_bounds(ds)
         if bounds is not None:
             slice_mask = (stored >= bounds[0]) & (stored <= bounds[1])
             mask[z] = slice_mask
@@ -451,28 +570,7 @@ def load_series(datasets_with_paths: Iterable[tuple[Path | None, Dataset] | Data
         else:
             padding_values.append(np.empty(0, dtype=stored.dtype))
         volume[z] = apply_modality_lut(stored, ds)
-
-    if warnings:
-        for w in warnings:
-            logger.warning("Series %s: %s", series_uid, w)
-
-    return SourceSeries(
-        datasets=[ds for _, ds in items],
-        paths=[p for p, _ in items],
-        volume=volume,
-        padding_mask=mask,
-        padding_stored_values=padding_values,
-        spacing=(median_gap, spacing0[0], spacing0[1]),
-        slice_positions=proj,
-        slice_gaps=gaps,
-        normal=normal,
-        modality=str(first.get("Modality", "")),
-        sop_class_uid=str(first.SOPClassUID),
-        study_instance_uid=str(first.get("StudyInstanceUID", "")),
-        series_instance_uid=series_uid,
-        frame_of_reference_uid=str(first.FrameOfReferenceUID) if first.get("FrameOfReferenceUID") else None,
-        warnings=warnings,
-    )
+    return volume, mask, padding_values
 
 
 _REQUIRED_GEOMETRY = (

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-__all__ = ["OutputError", "write_series_atomically"]
+__all__ = ["OutputFolderError", "write_series_atomically"]
 
 logger = logging.getLogger(__name__)
 
 
-class OutputError(OSError):
+class OutputFolderError(OSError):
     """The output folder cannot be written (not a folder, not writable, target already exists...)."""
 
 
@@ -36,11 +36,11 @@ def _ensure_output_dir(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
-        raise OutputError(f"Output folder {output_dir} cannot be created: a path component is a file") from exc
+        raise OutputFolderError(f"Output folder {output_dir} cannot be created: a path component is a file") from exc
     except OSError as exc:
-        raise OutputError(f"Output folder {output_dir} cannot be created: {exc.strerror or exc}") from exc
+        raise OutputFolderError(f"Output folder {output_dir} cannot be created: {exc.strerror or exc}") from exc
     if not _writable_dir(output_dir):
-        raise OutputError(f"Output folder {output_dir} is not writable")
+        raise OutputFolderError(f"Output folder {output_dir} is not writable")
 
 
 def _make_temp_dir(output_dir: Path) -> Path:
@@ -70,7 +70,7 @@ def _make_temp_dir(output_dir: Path) -> Path:
     try:
         inside.mkdir()
     except OSError as exc:
-        raise OutputError(f"Output folder {output_dir} is not writable: {exc.strerror or exc}") from exc
+        raise OutputFolderError(f"Output folder {output_dir} is not writable: {exc.strerror or exc}") from exc
     return inside
 
 
@@ -85,6 +85,34 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _write_files(datasets: list[Dataset], folder: Path, fsync: bool) -> None:
+    """``00001.dcm, 00002.dcm, ...`` (at least five digits, so that names sort in order) in ``folder``."""
+    width = max(5, len(str(len(datasets))))
+    for index, ds in enumerate(datasets, start=1):
+        with open(folder / f"{index:0{width}d}.dcm", "wb") as fh:
+            ds.save_as(fh, enforce_file_format=True)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+    if fsync:
+        _fsync_dir(folder)
+
+
+def _checked_arguments(datasets: Iterable[Dataset], series_folder_name: str) -> list[Dataset]:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", series_folder_name or ""):
+        raise ValueError(
+            f"series_folder_name {series_folder_name!r} must be one plain folder name "
+            "(letters, digits, '.', '_', '-'; not starting with '.')"
+        )
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("no datasets to write")
+    for ds in datasets:
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"expected pydicom Datasets, got {type(ds).__name__}")
+    return datasets
 
 
 def write_series_atomically(
@@ -103,45 +131,36 @@ def write_series_atomically(
     any error the temporary folder is removed and the error re-raised; the final folder then does not
     exist. ``output_dir`` is created if needed.
 
-    Raises :class:`OutputError` (naming the folder) when ``output_dir`` cannot be created or written,
-    or when ``<output_dir>/<series_folder_name>`` already exists. Returns the final folder.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", series_folder_name or ""):
-        raise ValueError(
-            f"series_folder_name {series_folder_name!r} must be one plain folder name "
-            "(letters, digits, '.', '_', '-'; not starting with '.')"
-        )
-    datasets = list(datasets)
-    if not datasets:
-        raise ValueError("no datasets to write")
-    for ds in datasets:
-        if not isinstance(ds, Dataset):
-            raise TypeError(f"expected pydicom Datasets, got {type(ds).__name__}")
+    Args:
+        datasets: the instances, in the order of their file names.
+        output_dir: the output folder.
+        series_folder_name: one plain folder name (letters, digits, ``.``, ``_``, ``-``).
+        fsync: flush every file and folder to disk before and after the rename.
 
+    Returns:
+        The final folder.
+
+    Raises:
+        OutputFolderError: ``output_dir`` cannot be created or written, or
+            ``<output_dir>/<series_folder_name>`` already exists (the message names the folder).
+    """
+    datasets = _checked_arguments(datasets, series_folder_name)
     output_dir = Path(output_dir).absolute()
     _ensure_output_dir(output_dir)
     final = output_dir / series_folder_name
     if final.exists() or final.is_symlink():
-        raise OutputError(f"Output series folder {final} already exists; refusing to overwrite it")
+        raise OutputFolderError(f"Output series folder {final} already exists; refusing to overwrite it")
 
     temp = _make_temp_dir(output_dir)
     try:
-        width = max(5, len(str(len(datasets))))
-        for index, ds in enumerate(datasets, start=1):
-            path = temp / f"{index:0{width}d}.dcm"
-            with open(path, "wb") as fh:
-                ds.save_as(fh, enforce_file_format=True)
-                if fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-        if fsync:
-            _fsync_dir(temp)
+        _write_files(datasets, temp, fsync)
         try:
             os.rename(temp, final)
         except OSError as exc:
             if final.exists():
-                raise OutputError(f"Output series folder {final} appeared while writing; not overwritten") from exc
-            raise OutputError(f"Cannot move the written series into {final}: {exc.strerror or exc}") from exc
+                message = f"Output series folder {final} appeared while writing; not overwritten"
+                raise OutputFolderError(message) from exc
+            raise OutputFolderError(f"Cannot move the written series into {final}: {exc.strerror or exc}") from exc
         if fsync:
             _fsync_dir(output_dir)
     except BaseException:

@@ -5,23 +5,24 @@ and reused alone. Typical use::
 
     from nsn2n import DenoiseConfig, denoise_volume
     result = denoise_volume(volume_hu, spacing=(dz, dy, dx), modality="CT", config=DenoiseConfig())
-    result.denoised, result.report
+    result.denoised, result.report.noise.after, result.report.as_dict()
 """
 
 __version__ = "0.1.0"
 
-from .api import DenoiseResult, TrainedModel, denoise_volume, fit_supervised_oracle, select_device
+from .api import MIN_SLICES, DenoiseResult, TrainedModel, denoise_volume
 from .config import ConfigError, DenoiseConfig
 from .errors import VolumeError
+from .report import DenoiseReport
 
 __all__ = [
+    "MIN_SLICES",
     "ConfigError",
     "DenoiseConfig",
+    "DenoiseReport",
     "DenoiseResult",
     "TrainedModel",
     "VolumeError",
     "__version__",
     "denoise_volume",
-    "fit_supervised_oracle",
-    "select_device",
 ]

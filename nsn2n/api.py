@@ -1,7 +1,8 @@
-"""Public entry points: denoise one volume, save/load the trained model, and the supervised oracle."""
+"""Public entry points: denoise one volume with :func:`denoise_volume`; save and load the trained model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,24 +20,29 @@ from .errors import VolumeError
 from .inference import denoise_slices
 from .intensity import IntensityNormalizer, output_range
 from .noise import NOISE_ESTIMATOR, paired_slice_noise_sigma
+from .report import (
+    METHOD,
+    DenoiseReport,
+    ModelProvenance,
+    NoiseEstimate,
+    ResidualClipLimits,
+    StageTimings,
+    WeightMapStats,
+)
 from .residual_clip import clip_residual_per_pixel
-from .training import PairSampler, TrainingStats, nsn2n_step, supervised_step, train_network
+from .training import PairSampler, TrainingStats, nsn2n_step, train_network
 from .unet import ResidualUNet
 from .weight_map import WeightMaps, compute_weight_maps
 
-__all__ = [
-    "DenoiseResult",
-    "TrainedModel",
-    "denoise_volume",
-    "fit_supervised_oracle",
-    "select_device",
-]
+__all__ = ["MIN_SLICES", "DenoiseResult", "TrainedModel", "denoise_volume"]
 
 log = logging.getLogger("nsn2n")
 
 MODEL_FILE = "nsn2n_model.pt"
 MODEL_INFO_FILE = "nsn2n_model.json"
+#: NS-N2N needs a slice and its two neighbours.
 MIN_SLICES = 3
+#: Shortest slice side (pixels) the U-Net and the weight maps' tiles work with.
 MIN_SIDE = 16
 
 
@@ -112,7 +118,7 @@ class TrainedModel:
         )
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class DenoiseResult:
     """Output of :func:`denoise_volume`.
 
@@ -120,18 +126,18 @@ class DenoiseResult:
         denoised: float32 (D, H, W) in the input's units, clipped to the input dtype's range; padding
             pixels hold their original values exactly.
         model: the trained (or loaded and possibly fine-tuned) model.
-        report: JSON-serialisable record: parameters, device, timings, noise before/after, warnings.
+        report: what the run did (:class:`nsn2n.report.DenoiseReport`; ``report.as_dict()`` for JSON).
     """
 
     denoised: np.ndarray
     model: TrainedModel
-    report: dict[str, Any]
+    report: DenoiseReport
 
 
 def select_device(choice: str) -> torch.device:
     """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` without a GPU is a configuration error."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was requested but no CUDA device is available (use 'auto' or 'cpu')")
+        raise ConfigError("device", "'cuda' was requested but no CUDA device is available (use 'auto' or 'cpu')")
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
@@ -164,7 +170,12 @@ def validate_volume(volume: np.ndarray, valid: np.ndarray | None, name: str = "v
         raise VolumeError(f"{name}: padding mask shape {valid.shape} differs from volume shape {volume.shape}")
 
 
-def _check_spacing(spacing: Sequence[float], config: DenoiseConfig) -> tuple[tuple[float, float, float], list[str]]:
+def check_spacing(spacing: Sequence[float], config: DenoiseConfig) -> tuple[tuple[float, float, float], list[str]]:
+    """``(dz, dy, dx)`` as floats and the warnings they call for (slices too far apart).
+
+    Raises:
+        VolumeError: a spacing that is not three positive numbers.
+    """
     try:
         dz, dy, dx = (float(s) for s in spacing)
     except (TypeError, ValueError):
@@ -181,7 +192,8 @@ def _check_spacing(spacing: Sequence[float], config: DenoiseConfig) -> tuple[tup
     return (dz, dy, dx), warnings
 
 
-def _prepare(volume: np.ndarray, padding_mask: np.ndarray | None, modality: str, normalizer=None):
+def prepare_volume(volume: np.ndarray, padding_mask: np.ndarray | None, modality: str, normalizer=None):
+    """Validate ``volume``; ``(valid mask, normalizer, normalised float32 volume)``."""
     valid = None if padding_mask is None else ~padding_mask.astype(bool)
     validate_volume(volume, valid)
     normalizer = normalizer or IntensityNormalizer.for_volume(volume, modality, valid)
@@ -190,7 +202,8 @@ def _prepare(volume: np.ndarray, padding_mask: np.ndarray | None, modality: str,
     return valid_full, normalizer, normalised
 
 
-def _weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseConfig) -> WeightMaps:
+def configured_weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseConfig) -> WeightMaps:
+    """The weight maps of a normalised volume with the configured guide and threshold."""
     return compute_weight_maps(
         normalised,
         valid,
@@ -201,20 +214,53 @@ def _weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config: DenoiseC
     )
 
 
-def _seed(config: DenoiseConfig) -> None:
+def seed_torch(config: DenoiseConfig) -> None:
+    """Seed torch's generator and set its CPU threads, as every run must before building a network."""
     torch.manual_seed(config.seed)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
 
 
-def _finish(
+def infer_slices(
+    network: torch.nn.Module, normalised: np.ndarray, device: torch.device, config: DenoiseConfig
+) -> np.ndarray:
+    """The network on every slice of a normalised volume, with the configured batch, ensemble and precision."""
+    return denoise_slices(
+        network,
+        normalised,
+        device=device,
+        batch=config.inference_batch,
+        self_ensemble=config.self_ensemble,
+        mixed_precision=config.mixed_precision,
+        log_every_s=config.log_every_s,
+    )
+
+
+def to_input_units(
     normalizer: IntensityNormalizer, out_norm: np.ndarray, volume: np.ndarray, valid: np.ndarray, modality: str
 ) -> np.ndarray:
+    """Network output back in the input's units, clipped to its range, padding restored exactly."""
     denoised = normalizer.denormalize(out_norm)
     lo, hi = output_range(volume, modality)
     np.clip(denoised, lo, hi, out=denoised)
     denoised[~valid] = volume[~valid]
     return denoised
+
+
+@dataclass
+class _Run:
+    """One call of :func:`denoise_volume`: the volume in both units, its masks and where it runs."""
+
+    volume: np.ndarray
+    valid: np.ndarray
+    normalizer: IntensityNormalizer
+    normalised: np.ndarray
+    volume_t: torch.Tensor
+    valid_t: torch.Tensor
+    device: torch.device
+    spacing: tuple[float, float, float]
+    modality: str
+    warnings: list[str]
 
 
 def denoise_volume(
@@ -248,15 +294,52 @@ def denoise_volume(
         ConfigError: an invalid configuration (e.g. ``device="cuda"`` without a GPU).
     """
     config = config or DenoiseConfig()
-    modality = (modality or "OT").upper()
     t_start = time.monotonic()
-    spacing3, warnings = _check_spacing(spacing, config)
+    run = _start(volume, spacing, (modality or "OT").upper(), config, padding_mask, initial_model)
+    maps, noise_before, seconds_maps = _match_neighbours(run, config)
+    network, stats, seconds_train = _train(run, maps, config, initial_model, finetune_steps)
+    denoised, seconds_inference = _infer(run, network, maps, config)
+    noise = NoiseEstimate(
+        NOISE_ESTIMATOR,
+        noise_before,
+        paired_slice_noise_sigma(denoised, maps.weights, run.valid),
+        "HU" if run.modality == "CT" else "a.u.",
+    )
+    timings = StageTimings(seconds_maps, seconds_train, seconds_inference, time.monotonic() - t_start)
+    log.info(
+        "noise after: %.4g (%.0f%% lower); timings %s",
+        noise.after,
+        noise.reduction_percent,
+        ", ".join(f"{name} {seconds:.1f} s" for name, seconds in dataclasses.asdict(timings).items()),
+    )
+    provenance = ModelProvenance()
+    if initial_model is not None:
+        provenance = ModelProvenance(initial_model.info.get("loaded_from"), finetune_steps)
+    report = _report(run, config, maps, stats, provenance, timings, noise)
+    info = {"config": config.as_dict(), "training": report.as_dict()["training"]}
+    if initial_model is not None:
+        info["loaded_from"] = provenance.loaded_from
+    model = TrainedModel(network=network, normalizer=run.normalizer, modality=run.modality, info=info)
+    return DenoiseResult(denoised=denoised, model=model, report=report)
+
+
+def _start(
+    volume: np.ndarray,
+    spacing: Sequence[float],
+    modality: str,
+    config: DenoiseConfig,
+    padding_mask: np.ndarray | None,
+    initial_model: TrainedModel | None,
+) -> _Run:
+    """Check the spacing, choose the device, seed, validate and normalise the volume."""
+    spacing3, warnings = check_spacing(spacing, config)
     for w in warnings:
         log.warning(w)
     device = select_device(config.device)
-    _seed(config)
+    seed_torch(config)
+    # A CT model's normalisation is the fixed HU map; an MR series is normalised by its own intensities.
     reuse_normalizer = initial_model.normalizer if initial_model and modality == "CT" else None
-    valid_np, normalizer, normalised = _prepare(volume, padding_mask, modality, reuse_normalizer)
+    valid, normalizer, normalised = prepare_volume(volume, padding_mask, modality, reuse_normalizer)
     log.info(
         "NS-N2N: volume %s %s, spacing %.3g x %.3g x %.3g mm, device %s, torch threads %d",
         "x".join(map(str, volume.shape)),
@@ -265,29 +348,47 @@ def denoise_volume(
         device,
         torch.get_num_threads(),
     )
-    timings: dict[str, float] = {}
+    return _Run(
+        volume=volume,
+        valid=valid,
+        normalizer=normalizer,
+        normalised=normalised,
+        volume_t=torch.from_numpy(normalised).to(device),
+        valid_t=torch.from_numpy(valid).to(device),
+        device=device,
+        spacing=spacing3,
+        modality=modality,
+        warnings=warnings,
+    )
 
+
+def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, float, float]:
+    """Weight maps and the input's noise estimate; ``(maps, noise before, seconds)``."""
     t = time.monotonic()
-    vol_t = torch.from_numpy(normalised).to(device)
-    valid_t = torch.from_numpy(valid_np).to(device)
-    maps = _weight_maps(vol_t, valid_t, config)
-    timings["weight_map_s"] = time.monotonic() - t
+    maps = configured_weight_maps(run.volume_t, run.valid_t, config)
+    seconds = time.monotonic() - t
     log.info(
         "weight maps: %d pairs, %.1f%% of pixels matched, %.2f s",
-        volume.shape[0] - 1,
+        run.volume.shape[0] - 1,
         100 * maps.matched_fraction,
-        timings["weight_map_s"],
+        seconds,
     )
     if maps.matched_fraction < 0.2 and config.use_weight_map:
-        warnings.append(
+        run.warnings.append(
             f"only {100 * maps.matched_fraction:.0f}% of pixels match their neighbour slice; the denoising will be weak"
         )
-        log.warning(warnings[-1])
-    noise_before = paired_slice_noise_sigma(volume, maps.weights, valid_np)
+        log.warning(run.warnings[-1])
+    noise_before = paired_slice_noise_sigma(run.volume, maps.weights, run.valid)
     log.info("noise before: %.4g (%s)", noise_before, NOISE_ESTIMATOR)
+    return maps, noise_before, seconds
 
+
+def _train(
+    run: _Run, maps: WeightMaps, config: DenoiseConfig, initial_model: TrainedModel | None, finetune_steps: int
+) -> tuple[torch.nn.Module, TrainingStats, float]:
+    """Train a new network, or fine-tune (or just take) ``initial_model``; ``(network, stats, seconds)``."""
     if initial_model is not None:
-        network = initial_model.network.to(device)
+        network = initial_model.network.to(run.device)
         steps = finetune_steps
         log.info(
             "using the saved model from %s: %s",
@@ -295,162 +396,73 @@ def denoise_volume(
             f"fine-tuning {steps} steps" if steps else "inference only, no training",
         )
     else:
-        network = ResidualUNet(config.unet_width, config.unet_depth).to(device)
+        network = ResidualUNet(config.unet_width, config.unet_depth).to(run.device)
         steps = config.max_steps
     t = time.monotonic()
     sampler = PairSampler(
-        vol_t,
+        run.volume_t,
         maps.weights if config.use_weight_map else None,
-        valid_t,
+        run.valid_t,
         crop_size=config.crop_size,
-        fill=float((normalizer.fill_value - normalizer.offset) / normalizer.scale),
+        fill=float(run.normalizer.normalised_fill),
         seed=config.seed,
     )
-    stats = train_network(network, sampler, nsn2n_step(config), config, steps=steps, device=device)
-    timings["train_s"] = time.monotonic() - t
+    stats = train_network(network, sampler, nsn2n_step(config), config, steps=steps, device=run.device)
+    seconds = time.monotonic() - t
     if stats.rollbacks:
-        warnings.append(
+        run.warnings.append(
             f"training diverged {stats.rollbacks} time(s) and was rolled back to an earlier state "
             "with a halved learning rate; the result may be less denoised than usual"
         )
+    return network, stats, seconds
 
+
+def _infer(run: _Run, network: torch.nn.Module, maps: WeightMaps, config: DenoiseConfig) -> tuple[np.ndarray, float]:
+    """Denoise every slice, clip the residual, return to input units; ``(denoised, seconds)``."""
     t = time.monotonic()
-    out_norm = denoise_slices(
-        network,
-        normalised,
-        device=device,
-        batch=config.inference_batch,
-        self_ensemble=config.self_ensemble,
-        mixed_precision=config.mixed_precision,
-        log_every_s=config.log_every_s,
-    )
+    out_norm = infer_slices(network, run.normalised, run.device, config)
     out_norm = clip_residual_per_pixel(
-        normalised,
+        run.normalised,
         out_norm,
         maps.weights,
         k_matched=config.residual_clip_k,
         k_unmatched=config.residual_clip_unmatched_k,
-        valid=valid_np,
+        valid=run.valid,
         default_sigma=maps.pixel_sigma,
     )
-    denoised = _finish(normalizer, out_norm, volume, valid_np, modality)
-    timings["inference_s"] = time.monotonic() - t
-    noise_after = paired_slice_noise_sigma(denoised, maps.weights, valid_np)
-    timings["total_s"] = time.monotonic() - t_start
-    reduction = 100 * (1 - noise_after / noise_before) if noise_before > 0 else float("nan")
-    log.info(
-        "noise after: %.4g (%.0f%% lower); timings %s",
-        noise_after,
-        reduction,
-        ", ".join(f"{k} {v:.1f}" for k, v in timings.items()),
-    )
-
-    model = TrainedModel(
-        network=network,
-        normalizer=normalizer,
-        modality=modality,
-        info={
-            "config": config.as_dict(),
-            "training": _stats_dict(stats),
-            **({"loaded_from": initial_model.info.get("loaded_from")} if initial_model else {}),
-        },
-    )
-    report = {
-        "software_version": __version__,
-        "method": "NS-N2N (neighbouring-slice Noise2Noise with weight maps)",
-        "parameters": config.as_dict(),
-        "device": str(device),
-        "torch_version": torch.__version__,
-        "shape": list(volume.shape),
-        "spacing_mm": list(spacing3),
-        "modality": modality,
-        "normalizer": normalizer.as_dict(),
-        "weight_map": {
-            "matched_fraction": maps.matched_fraction,
-            "threshold_median": float(maps.thresholds.median()) * normalizer.scale,
-            "pixel_noise_sigma": maps.pixel_sigma * normalizer.scale,
-        },
-        "residual_clip": {
-            "k_matched": config.residual_clip_k,
-            "k_unmatched": config.residual_clip_unmatched_k,
-            "unit": "local noise standard deviation (nsn2n.residual_clip)",
-        },
-        "training": _stats_dict(stats),
-        "model": {
-            "loaded_from": initial_model.info.get("loaded_from") if initial_model else None,
-            "finetune_steps": finetune_steps if initial_model else None,
-        },
-        "timings_s": timings,
-        "noise": {
-            "estimator": NOISE_ESTIMATOR,
-            "before": noise_before,
-            "after": noise_after,
-            "unit": "HU" if modality == "CT" else "a.u.",
-        },
-        "warnings": warnings,
-    }
-    return DenoiseResult(denoised=denoised, model=model, report=report)
+    denoised = to_input_units(run.normalizer, out_norm, run.volume, run.valid, run.modality)
+    return denoised, time.monotonic() - t
 
 
-def _stats_dict(stats: TrainingStats) -> dict[str, Any]:
-    return {
-        "steps": stats.steps,
-        "stopped_by": stats.stopped_by,
-        "seconds": stats.seconds,
-        "final_loss": stats.final_loss,
-        "loss_history": [[s, v] for s, v in stats.loss_history],
-        "rollbacks": stats.rollbacks,
-    }
-
-
-def fit_supervised_oracle(
-    noisy: np.ndarray,
-    clean: np.ndarray,
-    spacing: Sequence[float],
-    modality: str = "CT",
-    config: DenoiseConfig | None = None,
-) -> DenoiseResult:
-    """The benchmark's ceiling: the same network and budget trained with the clean volume as target.
-
-    No residual clip is applied: the clip is a safeguard for the self-supervised model, and the ceiling
-    should show what the network can do when it is told the truth.
-    """
-    config = config or DenoiseConfig()
-    modality = modality.upper()
-    spacing3, _ = _check_spacing(spacing, config)
-    device = select_device(config.device)
-    _seed(config)
-    valid_np, normalizer, normalised = _prepare(noisy, None, modality)
-    clean_norm = normalizer.normalize(clean)
-    network = ResidualUNet(config.unet_width, config.unet_depth).to(device)
-    t = time.monotonic()
-    sampler = PairSampler(
-        torch.from_numpy(normalised).to(device),
-        None,
-        torch.from_numpy(valid_np).to(device),
-        crop_size=config.crop_size,
-        fill=float((normalizer.fill_value - normalizer.offset) / normalizer.scale),
-        seed=config.seed,
-        target=torch.from_numpy(clean_norm).to(device),
-    )
-    stats = train_network(
-        network, sampler, supervised_step, config, steps=config.max_steps, device=device, label="oracle"
-    )
-    out = denoise_slices(
-        network,
-        normalised,
-        device=device,
-        batch=config.inference_batch,
-        self_ensemble=config.self_ensemble,
-        mixed_precision=config.mixed_precision,
-    )
-    denoised = _finish(normalizer, out, noisy, valid_np, modality)
-    report = {
-        "device": str(device),
-        "training": _stats_dict(stats),
-        "spacing_mm": list(spacing3),
-        "timings_s": {"train_s": stats.seconds, "total_s": time.monotonic() - t},
-    }
-    return DenoiseResult(
-        denoised=denoised, model=TrainedModel(network, normalizer, modality, {"oracle": True}), report=report
+def _report(
+    run: _Run,
+    config: DenoiseConfig,
+    maps: WeightMaps,
+    stats: TrainingStats,
+    provenance: ModelProvenance,
+    timings: StageTimings,
+    noise: NoiseEstimate,
+) -> DenoiseReport:
+    scale = run.normalizer.scale
+    return DenoiseReport(
+        software_version=__version__,
+        method=METHOD,
+        parameters=config,
+        device=str(run.device),
+        torch_version=torch.__version__,
+        shape=tuple(int(n) for n in run.volume.shape),
+        spacing_mm=run.spacing,
+        modality=run.modality,
+        normalizer=run.normalizer,
+        weight_map=WeightMapStats(
+            matched_fraction=maps.matched_fraction,
+            threshold_median=float(maps.thresholds.median()) * scale,
+            pixel_noise_sigma=maps.pixel_sigma * scale,
+        ),
+        residual_clip=ResidualClipLimits(config.residual_clip_k, config.residual_clip_unmatched_k),
+        training=stats,
+        model=provenance,
+        timings=timings,
+        noise=noise,
+        warnings=tuple(run.warnings),
     )

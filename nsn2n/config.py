@@ -2,7 +2,7 @@
 
 Every field is validated at construction (:class:`ConfigError` names the field and the reason), so a
 bad value in ``app.yaml`` or an ``NSN2N_*`` environment variable fails at start-up, not an hour into
-training. Defaults were chosen by measurement with ``bench/quality.py`` (see README "Benchmark").
+training. The defaults are the values ``bench/quality.py`` measures (results in ``bench/``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,25 @@ __all__ = ["ConfigError", "DenoiseConfig"]
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+    """A configuration value is invalid.
+
+    The message is ``"[<origin>: ]<key>: <reason>"``, one line that a user can act on.
+
+    Args:
+        key: the offending field, or ``None`` when no single field is at fault (an unreadable file).
+        reason: what is wrong and what is allowed.
+        origin: where the value came from (a file and key, an environment variable), when known.
+
+    Attributes:
+        key, reason, origin: as given.
+    """
+
+    def __init__(self, key: str | None, reason: str, *, origin: str | None = None) -> None:
+        self.key = key
+        self.reason = reason
+        self.origin = origin
+        text = f"{key}: {reason}" if key else reason
+        super().__init__(f"{origin}: {text}" if origin else text)
 
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -31,8 +49,8 @@ class DenoiseConfig:
 
     Training budget
         max_steps: optimiser steps (each step sees ``batch_size`` neighbouring-slice pairs).
-            Longer training over-fits the one volume (a reference implementation lost 1.1 dB from
-            3k to 10k steps); ``bench/quality.py`` measures the curve.
+            Far longer training over-fits the one volume (the network starts to learn its noise);
+            ``bench/quality.py --steps`` measures the curve.
         time_budget_s: wall-clock cap on training in seconds; ``None`` or 0 = no cap. Training stops
             at whichever of ``max_steps`` / ``time_budget_s`` comes first; the learning-rate schedule
             follows the elapsed fraction of the budget so a cut-short run still ends annealed.
@@ -50,7 +68,7 @@ class DenoiseConfig:
     Weight map (see :mod:`nsn2n.weight_map`)
         lowpass_sigma_px: spatial sigma (pixels) of the edge-preserving (bilateral) low-pass guide.
         guide_range_k: range sigma of the bilateral guide, in units of the pixel noise sigma.
-        median_size: side of the median filter applied after the Gaussian (odd, 1 = none).
+        median_size: side of the median filter applied after the bilateral filter (odd, 1 = none).
         threshold_k: a pixel is matched when the low-pass residual is within ``threshold_k`` robust
             standard deviations of the residual's noise (threshold adapts to the noise level).
 
@@ -113,23 +131,23 @@ class DenoiseConfig:
             _check_type(f.name, getattr(self, f.name), _hints()[f.name])
         _positive_int(self, "max_steps", "batch_size", "unet_width", "unet_depth", "inference_batch")
         if self.crop_size < 16:
-            raise ConfigError(f"crop_size: must be >= 16 pixels, got {self.crop_size}")
+            raise ConfigError("crop_size", f"must be >= 16 pixels, got {self.crop_size}")
         _positive_float(
             self, "learning_rate", "lowpass_sigma_px", "guide_range_k", "threshold_k", "log_every_s", "max_slice_gap_mm"
         )
         _non_negative_float(self, "weight_decay", "lambda_rc", "lambda_ic")
         if self.time_budget_s is not None and (not math.isfinite(self.time_budget_s) or self.time_budget_s < 0):
-            raise ConfigError(f"time_budget_s: must be >= 0 seconds (0 = no cap), got {self.time_budget_s}")
+            raise ConfigError("time_budget_s", f"must be >= 0 seconds (0 = no cap), got {self.time_budget_s}")
         if self.median_size < 1 or self.median_size % 2 == 0:
-            raise ConfigError(f"median_size: must be an odd number >= 1, got {self.median_size}")
+            raise ConfigError("median_size", f"must be an odd number >= 1, got {self.median_size}")
         if self.unet_depth > 6:
-            raise ConfigError(f"unet_depth: at most 6 levels, got {self.unet_depth}")
+            raise ConfigError("unet_depth", f"at most 6 levels, got {self.unet_depth}")
         for name in ("residual_clip_k", "residual_clip_unmatched_k"):
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value <= 0):
-                raise ConfigError(f"{name}: must be a positive number or null, got {value}")
+                raise ConfigError(name, f"must be a positive number or null, got {value}")
         if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"num_threads: must be >= 1 or null, got {self.num_threads}")
+            raise ConfigError("num_threads", f"must be >= 1 or null, got {self.num_threads}")
 
     @property
     def training_time_cap(self) -> float | None:
@@ -149,7 +167,7 @@ class DenoiseConfig:
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ConfigError(
-                f"{source}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(cls.field_names())}"
+                None, f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(cls.field_names())}", origin=source
             )
         hints = _hints()
         converted = {k: coerce_value(k, v, hints[k]) for k, v in values.items()}
@@ -169,13 +187,13 @@ def _hints() -> dict[str, Any]:
 def _check_type(name: str, value: Any, hint: Any) -> None:
     allowed = _allowed_types(hint)
     if isinstance(value, bool) and bool not in allowed:
-        raise ConfigError(f"{name}: expected {_describe(hint)}, got boolean {value!r}")
+        raise ConfigError(name, f"expected {_describe(hint)}, got boolean {value!r}")
     if get_origin(hint) is Literal:
         if value not in get_args(hint):
-            raise ConfigError(f"{name}: must be one of {', '.join(map(str, get_args(hint)))}, got {value!r}")
+            raise ConfigError(name, f"must be one of {', '.join(map(str, get_args(hint)))}, got {value!r}")
         return
     if not isinstance(value, tuple(allowed)):
-        raise ConfigError(f"{name}: expected {_describe(hint)}, got {type(value).__name__} {value!r}")
+        raise ConfigError(name, f"expected {_describe(hint)}, got {type(value).__name__} {value!r}")
 
 
 def _allowed_types(hint: Any) -> list[type]:
@@ -212,7 +230,7 @@ def coerce_value(name: str, value: Any, hint: Any) -> Any:
             return True
         if text.lower() in {"0", "false", "no", "off"}:
             return False
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        raise ConfigError(name, f"expected true/false, got {value!r}")
     for kind in (int, float):
         if kind in allowed:
             try:
@@ -220,25 +238,25 @@ def coerce_value(name: str, value: Any, hint: Any) -> Any:
             except ValueError:
                 if kind is int and float in allowed:
                     continue
-                raise ConfigError(f"{name}: expected {_describe(hint)}, got {value!r}") from None
+                raise ConfigError(name, f"expected {_describe(hint)}, got {value!r}") from None
     return text
 
 
 def _positive_int(cfg: DenoiseConfig, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
-            raise ConfigError(f"{name}: must be >= 1, got {getattr(cfg, name)}")
+            raise ConfigError(name, f"must be >= 1, got {getattr(cfg, name)}")
 
 
 def _positive_float(cfg: DenoiseConfig, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"{name}: must be a positive number, got {value}")
+            raise ConfigError(name, f"must be a positive number, got {value}")
 
 
 def _non_negative_float(cfg: DenoiseConfig, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if not math.isfinite(value) or value < 0:
-            raise ConfigError(f"{name}: must be >= 0, got {value}")
+            raise ConfigError(name, f"must be >= 0, got {value}")

@@ -57,11 +57,16 @@ class IntensityNormalizer:
             scale = max(float(sample.max()) - offset, 1.0)
         return cls(offset=offset, scale=scale, fill_value=offset)
 
+    @property
+    def normalised_fill(self) -> float:
+        """The fill value in network units: what padding pixels hold in :meth:`normalize`'s output."""
+        return (self.fill_value - self.offset) / self.scale
+
     def normalize(self, volume: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Return float32 network units; padding pixels (``valid == False``) get the fill value."""
         out = (volume.astype(np.float32) - np.float32(self.offset)) / np.float32(self.scale)
         if valid is not None:
-            out[~valid] = np.float32((self.fill_value - self.offset) / self.scale)
+            out[~valid] = np.float32(self.normalised_fill)
         return out
 
     def denormalize(self, values: np.ndarray) -> np.ndarray:

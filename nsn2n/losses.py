@@ -8,7 +8,7 @@ V the valid (non-padding) pixels and ``<.>_M = sum(M * .) / max(sum(M), 1)`` the
     L_RC     = < (f(x_a) - f(x_b))^2 >_W                                 regional consistency
     L_IC     = < (f((x_a + x_b)/2) - sg[(f(x_a) + f(x_b))/2])^2 >_V        inter-slice continuity
 
-Decisions where the paper is silent (documented in README "Method"):
+Decisions where the paper is silent (docs/method.md):
 
 * Reconstruction is symmetric and each direction is normalised by the mask sum, so crops with few
   matched pixels do not dominate the gradient.

@@ -1,30 +1,51 @@
-"""Noise level estimate before and after denoising.
+"""Noise level estimates: the reported noise before and after denoising, and the constants they share.
 
-Estimator ("paired-slice difference in matched regions"): with d = x_i - x_{i+1} over the pixels that
-the weight maps mark as matched (same anatomy) and that are not padding,
+NS-N2N measures noise three ways, each for its own purpose, all from differences of neighbouring slices
+(noise is independent between slices, the premise of NS-N2N, so such a difference carries twice the
+noise variance and, where the anatomy matches, no anatomy):
 
-    sigma = 1.4826 * median(|d - median(d)|) / sqrt(2)
+* :func:`paired_slice_noise_sigma` (here): the figure reported before and after denoising; one robust
+  number per volume over the matched pixels.
+* :func:`nsn2n.weight_map.pixel_noise_sigma` and ``quiet_tile_scale``: the noise scale the weight maps'
+  guide and threshold are set in; from the quietest tiles, since a whole-slice MAD counts anatomy that
+  changes between slices as noise.
+* :func:`nsn2n.residual_clip.local_noise_sigma`: a per-pixel map, because CT noise is not stationary and
+  the residual clip must follow it.
 
-Noise is independent between neighbouring slices (the premise of NS-N2N), so the difference of two
-matched slices carries twice the noise variance and no anatomy; no in-plane smoothing or flatness
-assumption is made, so in-plane correlated CT noise is not under-estimated (white-noise estimators such
-as wavelet-MAD under-estimate it several fold). Two biases remain: residual anatomy differences inside
-matched regions raise it, and choosing matched pixels by the low-pass difference favours pixels where
-in-plane correlated noise happens to be low, which lowers it (on the full-size lung1 benchmark CT,
-restricted to the body: 55.2 HU against 63.5 HU true). It is a median over the whole field of view, so
-on CT, whose noise is not stationary, it sits between the air/lung and the tissue noise. Applied with
-the same masks before and after, the two numbers compare like with like. Units are those of the volume
-(HU for CT).
+The reported estimator ("paired-slice difference in matched regions"): with d = x_i - x_{i+1} over the
+pixels that the weight maps mark as matched (same anatomy) and that are not padding,
+
+    sigma = MAD_TO_SIGMA * median(|d - median(d)|) / sqrt(2)
+
+No in-plane smoothing or flatness assumption is made, so in-plane correlated CT noise is not
+under-estimated the way white-noise estimators (wavelet MAD, Laplacian residual) under-estimate it. Two
+biases remain: residual anatomy differences inside matched regions raise it, and choosing matched pixels
+by the low-pass difference favours pixels where in-plane correlated noise happens to be low, which
+lowers it. It is a median over the whole field of view, so on CT, whose noise is not stationary, it sits
+between the air/lung and the tissue noise: use it to compare before with after (the same pixels are
+used for both), not as a tissue measurement. Units are those of the volume (HU for CT).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-__all__ = ["NOISE_ESTIMATOR", "matched_pair_difference", "paired_slice_noise_sigma"]
+__all__ = [
+    "MAD_TO_SIGMA",
+    "MEAN_ABS_TO_SIGMA",
+    "NOISE_ESTIMATOR",
+    "matched_pair_difference",
+    "paired_slice_noise_sigma",
+]
 
 NOISE_ESTIMATOR = "paired-slice difference in matched regions (MAD / sqrt 2)"
+#: Median absolute deviation -> standard deviation, for Gaussian noise (1 / Phi^-1(3/4)).
+MAD_TO_SIGMA = 1.4826
+#: Mean absolute deviation -> standard deviation, for Gaussian noise (sqrt(pi / 2)).
+MEAN_ABS_TO_SIGMA = math.sqrt(math.pi / 2.0)
 
 
 def matched_pair_difference(
@@ -52,4 +73,4 @@ def paired_slice_noise_sigma(
     if diffs.size == 0:
         return float("nan")
     centre = np.median(diffs)
-    return float(1.4826 * np.median(np.abs(diffs - centre)) / np.sqrt(2.0))
+    return float(MAD_TO_SIGMA * np.median(np.abs(diffs - centre)) / np.sqrt(2.0))

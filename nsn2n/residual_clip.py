@@ -14,17 +14,17 @@ appear) by much more than the noise. The clip bounds that:
   Gaussian-smoothed over about 12 px, divided by sqrt(2) and converted with sqrt(pi/2) (mean absolute
   deviation to standard deviation for Gaussian noise). It follows the non-stationary noise of CT (more
   noise behind dense anatomy and in the middle of the body than in air) and of MR magnitude images,
-  which a single volume-wide sigma does not: on the full-size lung1 CT the quiet-tile sigma of the weight
-  maps was 37.5 HU against 63.5 HU of true noise in the body, so a clip on it removed only part of the
-  noise. Where a block has no matched pixels nearby, the volume-wide paired-slice sigma is used.
+  which a single volume-wide sigma does not: a volume-wide sigma sits below the noise in the body, so a
+  clip on it would stop the denoiser from removing the noise there. Where a block has no matched pixels
+  nearby, the volume-wide paired-slice sigma is used.
 * ``c`` is how many of its two neighbours a pixel matches (the end slices count their one pair twice).
   Pixels matched on both sides get ``k = residual_clip_k`` (default 3: the change may be as large as the
   noise, only hallucination-sized moves are cut); the others get the tighter
   ``k = residual_clip_unmatched_k`` (default 1.5), because there the neighbour target was biased or
   absent during training.
 
-This safeguard is our own decision, not part of the NS-N2N paper; its measurements are in the README
-(benchmark section) and ``bench/clip_sweep.py``.
+This safeguard is our own decision, not part of the NS-N2N paper (docs/method.md); ``bench/clip_sweep.py``
+compares clip rules.
 """
 
 from __future__ import annotations
@@ -36,14 +36,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .noise import matched_pair_difference
+from .noise import MEAN_ABS_TO_SIGMA, matched_pair_difference
 
 __all__ = ["BLOCK_PX", "clip_residual_per_pixel", "local_noise_sigma", "matched_neighbours"]
 
 #: Block size of the local noise estimate (pixels) and the Gaussian smoothing in blocks.
 BLOCK_PX = 8
 SMOOTH_BLOCKS = 1.5
-_MEAN_ABS_TO_SIGMA = math.sqrt(math.pi / 2.0)
 _MIN_SUPPORT = 16.0  # matched pixels (after smoothing) below which a block uses the global sigma
 
 
@@ -96,7 +95,7 @@ def local_noise_sigma(
     total = sum(den.sum() for _, den in sums.values())
     # Where no matched pixel is near: the volume-wide paired-slice estimate.
     fallback = (
-        _MEAN_ABS_TO_SIGMA * sum(num.sum() for num, _ in sums.values()) / total / math.sqrt(2.0)
+        MEAN_ABS_TO_SIGMA * sum(num.sum() for num, _ in sums.values()) / total / math.sqrt(2.0)
         if total >= _MIN_SUPPORT
         else default_sigma
     )
@@ -105,7 +104,7 @@ def local_noise_sigma(
         num = ndimage.gaussian_filter(sum(p[0] for p in pairs), SMOOTH_BLOCKS, mode="nearest")
         den = ndimage.gaussian_filter(sum(p[1] for p in pairs), SMOOTH_BLOCKS, mode="nearest")
         sigma_blocks = np.where(
-            den >= _MIN_SUPPORT, _MEAN_ABS_TO_SIGMA * num / np.maximum(den, 1.0) / math.sqrt(2.0), fallback
+            den >= _MIN_SUPPORT, MEAN_ABS_TO_SIGMA * num / np.maximum(den, 1.0) / math.sqrt(2.0), fallback
         )
         zoom = (h / sigma_blocks.shape[0], w / sigma_blocks.shape[1])
         sigma = ndimage.zoom(sigma_blocks, zoom, order=1, mode="nearest", grid_mode=True)

@@ -9,13 +9,12 @@ Optimiser: AdamW with a linear warm-up over the first 3 % of the budget and a co
 the learning rate. The schedule follows the larger of the step fraction and the elapsed fraction of the
 wall-clock budget, so a run cut short by ``time_budget_s`` still ends with a small learning rate.
 
-Divergence guard: a network without normalisation layers trained with Adam can blow up in one step
-(measured: the benchmark's supervised oracle on the full-size lung1 CT jumped from a loss of 6e-4 to
-above 1e3 within 17 steps, twice in two runs, and ended no better than its input). Every
-``_SNAPSHOT_EVERY`` steps the model and optimiser state that produced a sane loss is kept in memory; a
-loss that is not finite or exceeds ``_SPIKE_FACTOR`` times the running average restores that state and
-halves the learning rate for the rest of the run (at most ``_MAX_ROLLBACKS`` times, then
-:class:`FloatingPointError`). A run that never spikes is bit-for-bit what it was without the guard.
+Divergence guard (:class:`DivergenceGuard`): a network without normalisation layers trained with Adam
+can blow up in one step, after which the run is lost. Every ``_SNAPSHOT_EVERY`` steps the model and
+optimiser state that produced a sane loss is kept in memory; a loss that is not finite or exceeds
+``_SPIKE_FACTOR`` times the running average restores that state and halves the learning rate for the
+rest of the run (at most ``_MAX_ROLLBACKS`` times, then :class:`FloatingPointError`). A run that never
+spikes is bit-for-bit what it would be without the guard.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ from .config import DenoiseConfig
 from .losses import nsn2n_loss
 from .progress import ProgressLog
 
-__all__ = ["PairSampler", "TrainingStats", "nsn2n_step", "supervised_step", "train_network"]
+__all__ = ["Batch", "DivergenceGuard", "PairSampler", "StepFn", "TrainingStats", "nsn2n_step", "train_network"]
 
 log = logging.getLogger("nsn2n")
 
@@ -66,8 +65,6 @@ class PairSampler:
         crop_size: crop side; clipped to the shorter side of the slice (crops stay square).
         fill: normalised fill value of padding (foreground = differs from it).
         seed: seed of the sampling generator.
-        target: optional (D, H, W) clean volume: then ``x_b`` is the clean version of ``x_a`` (the
-            supervised oracle of the benchmark) and weights are ignored.
     """
 
     def __init__(
@@ -79,18 +76,15 @@ class PairSampler:
         crop_size: int,
         fill: float,
         seed: int,
-        target: torch.Tensor | None = None,
     ) -> None:
         self.volume = volume
         self.weights = weights
         self.valid = valid
-        self.target = target
         side = min(crop_size, volume.shape[1], volume.shape[2])  # square: rot90 must keep the shape
         self.crop = (side, side)
         self.foreground = valid & ((volume - fill).abs() > _FOREGROUND_LEVEL)
         self.rng = np.random.default_rng(seed)
-        depth = volume.shape[0]
-        self.n_items = depth if target is not None else depth - 1
+        self.n_items = volume.shape[0] - 1  # pairs (i, i+1)
 
     def _crop_origin(self, index: int) -> tuple[int, int]:
         ch, cw = self.crop
@@ -106,24 +100,23 @@ class PairSampler:
                 best, best_fraction = (y, x), fraction
         return best
 
+    def pair(self, index: int, window: tuple[slice, slice]) -> tuple[torch.Tensor, ...]:
+        """``(x_a, x_b, weight, valid)`` crops of item ``index``: the pair (i, i+1) in random order."""
+        a, b = self.volume[index][window], self.volume[index + 1][window]
+        valid = self.valid[index][window] & self.valid[index + 1][window]
+        weight = self.weights[index][window] if self.weights is not None else valid
+        if self.rng.integers(0, 2):
+            a, b = b, a
+        return a, b, weight, valid
+
     def sample(self, batch_size: int) -> Batch:
+        """``batch_size`` items, each with the same random rot90 and flip on its four crops."""
         ch, cw = self.crop
         items = []
         for _ in range(batch_size):
             i = int(self.rng.integers(0, self.n_items))
             y, x = self._crop_origin(i)
-            window = (slice(y, y + ch), slice(x, x + cw))
-            if self.target is not None:
-                a = self.volume[i][window]
-                b = self.target[i][window]
-                valid = self.valid[i][window]
-                weight = valid
-            else:
-                a, b = self.volume[i][window], self.volume[i + 1][window]
-                valid = self.valid[i][window] & self.valid[i + 1][window]
-                weight = self.weights[i][window] if self.weights is not None else valid
-                if self.rng.integers(0, 2):
-                    a, b = b, a
+            a, b, weight, valid = self.pair(i, (slice(y, y + ch), slice(x, x + cw)))
             stack = torch.stack([a, b, weight.to(a.dtype), valid.to(a.dtype)])
             stack = torch.rot90(stack, int(self.rng.integers(0, 4)), dims=(1, 2))
             if self.rng.integers(0, 2):
@@ -133,16 +126,25 @@ class PairSampler:
         return Batch(batch[:, 0:1], batch[:, 1:2], batch[:, 2:3] > 0.5, batch[:, 3:4] > 0.5)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingStats:
-    """What happened during training (for the run record)."""
+    """What happened during training.
+
+    Attributes:
+        steps: optimiser steps taken (steps undone by the divergence guard do not count).
+        stopped_by: ``"max_steps"``, ``"time_budget"`` or ``"no_training"``.
+        seconds: wall-clock time of the loop.
+        final_loss: running average of the loss at the end; NaN without training.
+        loss_history: ``(step, running average)`` at about 100 evenly spaced steps.
+        rollbacks: divergences undone by :class:`DivergenceGuard`.
+    """
 
     steps: int = 0
     stopped_by: str = "max_steps"
     seconds: float = 0.0
     final_loss: float = float("nan")
-    loss_history: list[tuple[int, float]] = field(default_factory=list)
-    rollbacks: int = 0  # divergences undone by the guard (module docstring)
+    loss_history: tuple[tuple[int, float], ...] = ()
+    rollbacks: int = 0
 
 
 StepFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -171,20 +173,94 @@ def nsn2n_step(config: DenoiseConfig) -> StepFn:
     return step
 
 
-def supervised_step(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Plain MSE to the clean target (the benchmark's supervised oracle)."""
-    out = model(batch.x_a).float()
-    mask = batch.valid.to(out.dtype)
-    loss = (mask * (out - batch.x_b) ** 2).sum() / mask.sum().clamp_min(1.0)
-    return loss, {}
-
-
 def _learning_rate(base: float, progress: float) -> float:
     warmup = 0.03
     if progress < warmup:
         return base * max(progress / warmup, 0.05)
     t = min(1.0, (progress - warmup) / (1.0 - warmup))
     return base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+class DivergenceGuard:
+    """Undoes a training step whose loss blew up (see the module docstring for the rule and its reason).
+
+    It also keeps the running average of the loss (an exponential moving average, weight 0.05), which
+    is what it judges a spike against and what the progress log and the loss history show.
+
+    Args:
+        model: the network being trained.
+        optimiser: its optimiser.
+        label: name of the training run in log lines and errors.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimiser: torch.optim.Optimizer, label: str) -> None:
+        self.model = model
+        self.optimiser = optimiser
+        self.label = label
+        self.running_loss: float | None = None
+        self.rollbacks = 0
+        self.lr_scale = 1.0
+        self._snapshot: tuple[dict, dict, float | None] | None = None
+
+    def diverged(self, value: float, step: int) -> bool:
+        """Whether the loss ``value`` of ``step`` is not finite or a spike against the running average."""
+        return not math.isfinite(value) or (
+            self.running_loss is not None and step > _SPIKE_MIN_STEPS and value > _SPIKE_FACTOR * self.running_loss
+        )
+
+    def roll_back(self, value: float, step: int) -> None:
+        """Restore the last snapshot and halve the learning rate.
+
+        Raises:
+            FloatingPointError: there is no snapshot yet, or the run has diverged too often.
+        """
+        ema = self.running_loss
+        if self._snapshot is None or self.rollbacks >= _MAX_ROLLBACKS:
+            raise FloatingPointError(
+                f"{self.label}: training diverged (loss {value:.4g}"
+                + ("" if ema is None else f", running average {ema:.4g}")
+                + f") at step {step}"
+                + (f" after {self.rollbacks} rollbacks" if self.rollbacks else "")
+            )
+        model_state, optimiser_state, self.running_loss = self._snapshot
+        self.model.load_state_dict(model_state)
+        self.optimiser.load_state_dict(optimiser_state)
+        self.lr_scale *= 0.5
+        self.rollbacks += 1
+        log.warning(
+            "%s: loss %.4g at step %d is %s the running average %.4g: the network diverged; "
+            "restored the state of %d steps earlier or less, learning rate now x%g",
+            self.label,
+            value,
+            step,
+            "not finite against" if not math.isfinite(value) else f"{value / self.running_loss:.0f}x",
+            self.running_loss,
+            _SNAPSHOT_EVERY,
+            self.lr_scale,
+        )
+
+    def keep(self, step: int) -> None:
+        """Before the optimiser step of a sane ``step``: every ``_SNAPSHOT_EVERY`` steps, keep the state."""
+        if step % _SNAPSHOT_EVERY == 0:
+            self._snapshot = (
+                copy.deepcopy(self.model.state_dict()),
+                copy.deepcopy(self.optimiser.state_dict()),
+                self.running_loss,
+            )
+
+    def accept(self, value: float) -> None:
+        """Fold the loss of a step that was taken into the running average."""
+        self.running_loss = value if self.running_loss is None else 0.95 * self.running_loss + 0.05 * value
+
+
+def _budget_fraction(step: int, steps: int, elapsed: float, time_cap: float | None) -> float | None:
+    """Fraction of the training budget spent before ``step``; ``None`` when the time cap is reached."""
+    fraction = (step - 1) / steps
+    if time_cap:
+        if elapsed >= time_cap:
+            return None
+        fraction = max(fraction, elapsed / time_cap)
+    return fraction
 
 
 def train_network(
@@ -198,75 +274,44 @@ def train_network(
     label: str = "train",
 ) -> TrainingStats:
     """Optimise ``model`` for ``steps`` steps or until the configured wall-clock budget is spent."""
-    stats = TrainingStats()
     if steps <= 0:
-        stats.stopped_by = "no_training"
-        return stats
+        return TrainingStats(stopped_by="no_training")
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    guard = DivergenceGuard(model, optimiser, label)
     amp = device.type == "cuda" and config.mixed_precision
     time_cap = config.training_time_cap
     history_every = max(1, steps // 100)
     progress = ProgressLog(label, total=steps, every_s=config.log_every_s, time_cap_s=time_cap)
+    history: list[tuple[int, float]] = []
+    done, stopped_by = 0, "max_steps"
     model.train()
     start = time.monotonic()
-    ema = None
-    lr_scale = 1.0
-    snapshot: tuple[dict, dict, float | None] | None = None
     for step in range(1, steps + 1):
-        elapsed = time.monotonic() - start
-        fraction = (step - 1) / steps
-        if time_cap:
-            if elapsed >= time_cap:
-                stats.stopped_by = "time_budget"
-                break
-            fraction = max(fraction, elapsed / time_cap)
+        fraction = _budget_fraction(step, steps, time.monotonic() - start, time_cap)
+        if fraction is None:
+            stopped_by = "time_budget"
+            break
         for group in optimiser.param_groups:
-            group["lr"] = _learning_rate(config.learning_rate, fraction) * lr_scale
+            group["lr"] = _learning_rate(config.learning_rate, fraction) * guard.lr_scale
         batch = sampler.sample(config.batch_size)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             loss, parts = step_fn(model, batch)
         value = float(loss.detach())
-        diverged = not math.isfinite(value) or (
-            ema is not None and step > _SPIKE_MIN_STEPS and value > _SPIKE_FACTOR * ema
-        )
-        if diverged:
-            if snapshot is None or stats.rollbacks >= _MAX_ROLLBACKS:
-                raise FloatingPointError(
-                    f"{label}: training diverged (loss {value:.4g}"
-                    + ("" if ema is None else f", running average {ema:.4g}")
-                    + f") at step {step}"
-                    + (f" after {stats.rollbacks} rollbacks" if stats.rollbacks else "")
-                )
-            model_state, optimiser_state, ema = snapshot
-            model.load_state_dict(model_state)
-            optimiser.load_state_dict(optimiser_state)
-            lr_scale *= 0.5
-            stats.rollbacks += 1
-            log.warning(
-                "%s: loss %.4g at step %d is %s the running average %.4g: the network diverged; "
-                "restored the state of %d steps earlier or less, learning rate now x%g",
-                label,
-                value,
-                step,
-                "not finite against" if not math.isfinite(value) else f"{value / ema:.0f}x",
-                ema,
-                _SNAPSHOT_EVERY,
-                lr_scale,
-            )
+        if guard.diverged(value, step):
+            guard.roll_back(value, step)
             continue
-        if step % _SNAPSHOT_EVERY == 0:  # this state just produced a sane loss: keep it
-            snapshot = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimiser.state_dict()), ema)
+        guard.keep(step)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
-        ema = value if ema is None else 0.95 * ema + 0.05 * value
-        stats.steps = step
+        guard.accept(value)
+        done = step
         if step % history_every == 0 or step == steps:
-            stats.loss_history.append((step, ema))
-        progress.update(step, loss=ema, parts=parts)
-    stats.seconds = time.monotonic() - start
-    stats.final_loss = float(ema) if ema is not None else float("nan")
+            history.append((step, guard.running_loss))
+        progress.update(step, loss=guard.running_loss, parts=parts)
+    final_loss = float(guard.running_loss) if guard.running_loss is not None else float("nan")
+    stats = TrainingStats(done, stopped_by, time.monotonic() - start, final_loss, tuple(history), guard.rollbacks)
     progress.finish(stats.steps, loss=stats.final_loss, stopped_by=stats.stopped_by)
     model.eval()
     return stats

@@ -16,24 +16,21 @@ transfer between CT windows, MR and dose levels): the threshold is ``k`` standar
 The low-pass guide is edge-preserving (the paper's guide is NLM + median; re-implementations found a
 bilateral + median guide as good and far cheaper): a bilateral filter whose spatial sigma is
 ``lowpass_sigma_px`` and whose range sigma is ``guide_range_k`` times the pixel noise sigma_n, followed by
-a median. A Gaussian guide smears a sharp edge that moved by a pixel or less into a small low-pass
-difference that passes the threshold, and the network then learns to blur every high-contrast edge
-(air/tissue in CT: on a synthetic CT with edges moving about a pixel between slices the RMSE went from
-35 HU to 50 HU with a Gaussian guide and to 24 HU with the bilateral guide, same training). sigma_n is
-the quiet-tile MAD (below) of the raw neighbouring-slice differences divided by sqrt(2), the median over
-the volume's pairs.
+a median. Why edge-preserving: a plain (Gaussian) low-pass smears a sharp edge that moved by a pixel or
+less between the slices into a small difference that passes the threshold, and the network then learns
+to blur every high-contrast edge (air/tissue in CT). sigma_n is the quiet-tile MAD (below) of the raw
+neighbouring-slice differences divided by sqrt(2), the median over the volume's pairs.
 
-Estimating the noise scale of the residual is the crux. The median absolute deviation (MAD) of the whole residual is
-not enough: with thick slices anatomy changes everywhere a little, and on a real 5 mm thorax CT the MAD
-over-estimated the low-pass noise 3.5-fold (measured against the known injected noise), which let
-anatomy differences of ten noise units count as "matched" and blurred the result. We therefore use the
-*quietest tiles*: the residual is cut into 32x32 tiles, each tile's MAD is computed over its valid,
-non-zero pixels, and ``s_i`` is the 25th percentile of the tile MADs of the pair (tiles in homogeneous
-tissue, air or background, where the residual is noise only). Exactly-zero residuals (noise-free
-padding or air outside the reconstruction circle) are left out. With fewer than 4 usable tiles the
-pair's overall MAD is used. The per-pair scales are then smoothed with a running median over 5 pairs.
-``k = 3`` keeps about 99 % of noise-only pixels and rejects anatomy changes above about three noise
-units.
+Estimating the noise scale of the residual is the crux. The median absolute deviation (MAD) of the whole
+residual is not enough: with thick slices anatomy changes everywhere a little, so the MAD of the whole
+residual counts anatomy as noise, lets anatomy differences of several noise units pass as "matched" and
+the result is blurred. We therefore use the *quietest tiles*: the residual is cut into 32x32 tiles, each
+tile's MAD is computed over its valid, non-zero pixels, and ``s_i`` is the 25th percentile of the tile
+MADs of the pair (tiles in homogeneous tissue, air or background, where the residual is noise only).
+Exactly-zero residuals (noise-free padding or air outside the reconstruction circle) are left out. With
+fewer than 4 usable tiles the pair's overall MAD is used. The per-pair scales are then smoothed with a
+running median over 5 pairs. ``k = 3`` keeps about 99 % of noise-only pixels and rejects anatomy changes
+above about three noise units.
 
 Everything is vectorised torch (CPU or CUDA), processed in chunks of slices to bound memory.
 """
@@ -46,6 +43,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .noise import MAD_TO_SIGMA
+
 __all__ = [
     "WeightMaps",
     "bilateral",
@@ -55,8 +54,6 @@ __all__ = [
     "quiet_tile_scale",
     "robust_scale",
 ]
-
-_MAD_TO_SIGMA = 1.4826
 
 
 @dataclass
@@ -133,7 +130,7 @@ def robust_scale(diff: torch.Tensor, valid: torch.Tensor, max_samples: int = 1_0
     if values.numel() > max_samples:
         values = values[:: values.numel() // max_samples + 1]
     centre = values.median()
-    return _MAD_TO_SIGMA * (values - centre).abs().median()
+    return MAD_TO_SIGMA * (values - centre).abs().median()
 
 
 def quiet_tile_scale(
@@ -155,7 +152,7 @@ def quiet_tile_scale(
         return robust_scale(diff, valid)
     values = torch.where(keep, values, torch.full_like(values, float("nan")))[full]
     centre = values.nanmedian(dim=1, keepdim=True).values
-    mads = _MAD_TO_SIGMA * (values - centre).abs().nanmedian(dim=1).values
+    mads = MAD_TO_SIGMA * (values - centre).abs().nanmedian(dim=1).values
     return torch.quantile(mads, quantile)
 
 

@@ -5,12 +5,22 @@ without our source references; both come from ``dicom_series``. Each series is w
 folder beside the output and renamed into place when complete (``write_series_atomically``), so a host
 that sends the output folder to PACS never sees a partial series. Only DICOM goes into the output folder;
 the run record (JSON), the QA montage (PNG) and the model go into the work folder.
+
+The writer is the end of the pipeline, so it is where a run ends: after the last series it records the
+outcome in :class:`~operators.exit_status.ExitStatus`, and when a job arrives carrying a failure that ends
+the run (in strict mode, a series that could not be processed) it removes every folder this run wrote
+before, marks their run records as failed, and records the error: the output appears completely or not
+at all. After each series it sends the series UID back to the queue (``series_done``), which releases
+the next one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +29,29 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 import nsn2n
 from dicom_series import (
+    SOFTWARE_NAME,
     DerivedSeriesOptions,
     EncapsulatedPdfOptions,
+    OutputFolderError,
     build_derived_series,
     build_encapsulated_pdf,
+    derived_series_number,
+    stored_dtype,
     write_series_atomically,
 )
-from dicom_series import OutputError as SeriesOutputError
-from qa_report import make_run_record, render_report_pdf, save_montage, write_run_record
+from qa_report import (
+    DerivedSeriesInfo,
+    QaReportFiles,
+    RunRecord,
+    SourceSeriesInfo,
+    VolumeInfo,
+    render_report_pdf,
+    save_montage,
+    write_run_record,
+)
 
-from .nsn2n_operator import series_workdir
-from .run_outcome import InputError, OutputError, RunOutcome, SeriesJob
+from .exit_status import ExitStatus, InputError, OutputError, RunError, as_run_error
+from .series_job import SeriesJob, series_workdir
 
 __all__ = ["DerivedSeriesWriterOperator"]
 
@@ -38,91 +60,153 @@ log = logging.getLogger("nsn2n.app")
 QA_SERIES_DESCRIPTION = "NS-N2N QA report (research use)"
 
 
-def _stored_dtype(ds) -> str:
-    """Stored pixel type of the source, e.g. ``int16`` (PixelRepresentation, BitsAllocated)."""
-    return f"{'int' if ds.get('PixelRepresentation', 0) else 'uint'}{ds.get('BitsAllocated', 16)}"
+@dataclass(frozen=True)
+class _Written:
+    """What was written for one series."""
+
+    derived: DerivedSeriesInfo
+    qa_files: QaReportFiles | None
+    seconds: float  # building and writing the derived series
 
 
 class DerivedSeriesWriterOperator(Operator):
-    """Input ``jobs`` (denoised series). Writes ``<output>/<derived SeriesInstanceUID>/`` per series."""
+    """Input ``job`` (a denoised series, or one that was skipped or failed); output ``series_done``."""
 
     def __init__(
         self,
         fragment: Fragment,
         *args,
-        outcome: RunOutcome,
+        status: ExitStatus,
         output_folder: Path,
         workdir: Path,
         series_description: str,
         series_number_offset: int,
         qa_report: bool,
         parameters: dict[str, Any],
+        strict: bool,
         **kwargs,
     ) -> None:
-        self.outcome = outcome
+        self.status = status
         self.output_folder = Path(output_folder)
         self.workdir = Path(workdir)
         self.series_description = series_description
         self.series_number_offset = series_number_offset
         self.qa_report = qa_report
         self.parameters = parameters
+        self.strict = strict
+        self._folders: list[Path] = []  # every output folder this run wrote, to remove if it fails
+        self._records: list[tuple[Path, RunRecord]] = []  # run records of the series written
+        self._outcomes: list[SeriesJob] = []  # every series handled (released: no volumes)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("jobs")
+        spec.input("job")
+        spec.output("series_done")
 
     def compute(self, op_input, op_output, context) -> None:
-        with self.outcome.guard(self.name):
-            jobs: list[SeriesJob] = op_input.receive("jobs")
-            for job in jobs:
-                if job.ok:
-                    self.write(job)
-                self.write_record(job)
-            written = [job for job in jobs if job.written]
-            if not written:
-                raise InputError(
-                    "no derived series was written: " + "; ".join(f"{j.series_uid}: {j.error}" for j in jobs)
-                )
-            self.outcome.finished = True
-            log.info(
-                "done: %d derived series written to %s; %d series skipped",
-                len(written),
-                self.output_folder,
-                sum(1 for j in jobs if not j.ok),
-            )
+        job: SeriesJob = op_input.receive("job")
+        if job.fatal is None:
+            with job.failures_end_the_run(self.name):
+                self.handle(job)
+        if job.fatal is not None:
+            self.end_run(job.fatal, failed=job)
+        elif job.last:
+            try:
+                self.finish()
+            except Exception as exc:
+                self.end_run(as_run_error(exc, self.name))
+        job.release()
+        if job.fatal is None and not job.last:
+            op_output.emit(job.series_uid, "series_done")
 
-    def _series_number(self, job: SeriesJob, extra: int = 0) -> int | None:
-        number = job.source.datasets[0].get("SeriesNumber")
-        if number in (None, ""):
+    def handle(self, job: SeriesJob) -> None:
+        """Write the derived series and QA report of ``job`` (unless it was skipped), then its run record."""
+        written = self.write_series(job) if job.ok else None
+        record = self.record(job, written)
+        path = self.write_record(job.series_uid, record)
+        if written is not None:
+            self._records.append((path, record))
+        self._outcomes.append(job)
+
+    def finish(self) -> None:
+        """After the last series: the run finished, or nothing was written (an input error)."""
+        written = len(self._records)
+        if not written:
+            raise InputError(self._nothing_written())
+        log.info(
+            "done: %d derived series written to %s; %d series skipped",
+            written,
+            self.output_folder,
+            len(self._outcomes) - written,
+        )
+        self.status.finish()
+
+    def _nothing_written(self) -> str:
+        jobs = self._outcomes
+        reasons = "; ".join(f"{job.series_uid}: {job.error}" for job in jobs)
+        if all(job.skipped_in == "load" for job in jobs):
+            return f"no selected series could be converted to a volume ({reasons})"
+        if all(job.skipped_in in ("load", "denoise") for job in jobs):
+            return f"no series could be denoised: {reasons}"
+        return f"no derived series was written: {reasons}"
+
+    def end_run(self, error: RunError, failed: SeriesJob | None = None) -> None:
+        """A failure ends the run: remove what this run wrote, mark those run records, record the error.
+
+        ``failed`` is the series the failure happened to (``None`` for a failure of the run as a whole);
+        its run record gets the error itself, those of the series written before it say they were removed.
+        """
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("removed %s written earlier in this run", folder)
+        marked = [(path, record, f"removed because the run failed: {error}") for path, record in self._records]
+        if failed is not None and failed.series_uid is not None:
+            path = series_workdir(self.workdir, failed.series_uid) / "run.json"
+            marked.append((path, self.record(failed, None), str(error)))
+        for path, record, reason in marked:
+            record = dataclasses.replace(record, status="failed", error=reason, derived=None, qa_report=None)
+            try:
+                write_run_record(path, record.as_dict())
+            except OSError as exc:
+                log.warning("cannot mark the run record %s as failed: %s", path, exc.strerror)
+        self.status.fail(error)
+
+    def _series_numbers(self, job: SeriesJob) -> tuple[int | None, int] | None:
+        """Series Numbers of the derived series and of the QA report; ``None`` (skipped) when out of range."""
+        try:
+            return (
+                derived_series_number(job.source, self.series_number_offset),
+                derived_series_number(job.source, self.series_number_offset + 1, required=True),
+            )
+        except ValueError as exc:
+            job.skip("write", str(exc), strict=self.strict)
             return None
-        return (int(number) + self.series_number_offset + extra) % 2**31
 
     def _write(self, datasets, folder_name: str) -> Path:
         try:
-            return write_series_atomically(datasets, self.output_folder, folder_name)
-        except SeriesOutputError as exc:
+            folder = write_series_atomically(datasets, self.output_folder, folder_name)
+        except OutputFolderError as exc:
             raise OutputError(str(exc)) from None
         except PermissionError as exc:
             raise OutputError(f"cannot write into the output folder {self.output_folder}: {exc.strerror}") from None
+        self._folders.append(folder)
+        return folder
 
-    def write(self, job: SeriesJob) -> None:
+    def write_series(self, job: SeriesJob) -> _Written | None:
+        """The derived series and, when enabled, the QA report; ``None`` when the series is skipped."""
+        numbers = self._series_numbers(job)
+        if numbers is None:
+            return None
         t = time.monotonic()
-        source, result = job.source, job.result
         options = DerivedSeriesOptions(
             series_description=self.series_description,
-            series_number=self._series_number(job),
+            series_number=numbers[0],
             software_version=nsn2n.__version__,
         )
-        datasets = build_derived_series(source, result.denoised, options)
+        datasets = build_derived_series(job.source, job.result.denoised, options)
         series_uid = str(datasets[0].SeriesInstanceUID)
         folder = self._write(datasets, series_uid)
-        job.written.append(folder)
-        job.record["derived"] = {
-            "series_instance_uid": series_uid,
-            "series_number": options.series_number,
-            "series_description": self.series_description,
-            "output_folder": str(folder),
-        }
+        derived = DerivedSeriesInfo(series_uid, options.series_number, self.series_description, str(folder))
         log.info(
             "series %s: derived series %s written: %d instances in %s",
             job.series_uid,
@@ -130,108 +214,75 @@ class DerivedSeriesWriterOperator(Operator):
             len(datasets),
             folder,
         )
-        job.timings["write"] = time.monotonic() - t
+        written = _Written(derived, None, time.monotonic() - t)
         if self.qa_report:
-            self.write_qa(job, datasets)
+            written = dataclasses.replace(written, qa_files=self.write_qa(job, datasets, numbers[1], written))
+        return written
 
-    def write_qa(self, job: SeriesJob, derived) -> None:
+    def write_qa(self, job: SeriesJob, derived, series_number: int, written: _Written) -> QaReportFiles:
+        """The QA montage (work folder) and the QA report as an Encapsulated PDF series (output folder)."""
         source, result = job.source, job.result
-        workdir = series_workdir(self.workdir, job.series_uid)
-        montage_path = workdir / "qa_montage.png"
+        montage_path = series_workdir(self.workdir, job.series_uid) / "qa_montage.png"
         montage = save_montage(
             montage_path,
             source.volume,
             result.denoised,
             source.modality,
             padding_mask=source.padding_mask,
-            noise_before=result.report["noise"]["before"],
+            noise_before=result.report.noise.before,
             pixel_spacing=source.spacing[1:],
             title=f"{job.label} - NS-N2N",
         )
-        record = self.record(job, status="ok")
-        pdf = render_report_pdf(record, montage)
+        pdf = render_report_pdf(self.record(job, written).as_dict(), montage)
         ds = build_encapsulated_pdf(
             source,
             pdf,
             EncapsulatedPdfOptions(
                 document_title="NS-N2N denoising QA report (not for diagnostic use)",
                 series_description=QA_SERIES_DESCRIPTION,
-                series_number=self._series_number(job, extra=1),
+                series_number=series_number,
                 software_version=nsn2n.__version__,
             ),
             derived=derived,
         )
         folder = self._write([ds], str(ds.SeriesInstanceUID))
-        job.written.append(folder)
-        job.record["qa_report"] = {
-            "montage_png": str(montage_path),
-            "pdf": str(folder),
-            "pdf_series_instance_uid": str(ds.SeriesInstanceUID),
-        }
         log.info("series %s: QA report written (PDF %s, montage %s)", job.series_uid, folder, montage_path)
+        return QaReportFiles(str(montage_path), str(folder), str(ds.SeriesInstanceUID))
 
-    def record(self, job: SeriesJob, status: str) -> dict[str, Any]:
-        """The run record of ``job`` (schema: qa_report/run_record.schema.json)."""
+    def record(self, job: SeriesJob, written: _Written | None) -> RunRecord:
+        """The run record of ``job``: ``ok`` when ``written``, else ``skipped`` with the reason."""
         first = job.instances[0][1] if job.instances else None
-        source = {
-            "study_instance_uid": str(first.get("StudyInstanceUID", "")) if first else "",
-            "series_instance_uid": job.series_uid,
-            "series_description": str(first.get("SeriesDescription", "")) if first else "",
-            "modality": str(first.get("Modality", "")) if first else "",
-            "sop_class_uid": str(first.get("SOPClassUID", "")) if first else "",
-            "n_instances": len(job.instances),
-        }
-        report = job.result.report if job.result is not None else {}
-        sections: dict[str, Any] = {"status": status, "error": job.error}
-        warnings = list(job.source.warnings) if job.source is not None else []
+        volume = None
         if job.source is not None:
             gaps = job.source.slice_gaps
-            sections["volume"] = {
-                "shape": list(job.source.shape),
-                "spacing_mm": list(job.source.spacing),
-                "slice_gap_max_mm": float(np.max(gaps)) if len(gaps) else None,
-                "dtype": _stored_dtype(job.source.datasets[0]),
-            }
-        if report:
-            training = report["training"]
-            sections["training"] = (
-                None
-                if training["steps"] == 0
-                else {k: training[k] for k in ("steps", "stopped_by", "final_loss", "loss_history", "rollbacks")}
+            volume = VolumeInfo(
+                shape=job.source.shape,
+                spacing_mm=job.source.spacing,
+                slice_gap_max_mm=float(np.max(gaps)) if len(gaps) else None,
+                dtype=stored_dtype(job.source.datasets[0]).name,
             )
-            sections["noise"] = report["noise"]
-            warnings += report["warnings"]
-            sections["model"] = {
-                "loaded_from": report["model"]["loaded_from"],
-                "saved_to": job.record.get("model_saved_to"),
-                "finetune_steps": report["model"]["finetune_steps"] or 0,
-            }
-        timings = dict(job.timings)
-        for stage in ("weight_map", "train", "inference"):
-            if f"{stage}_s" in report.get("timings_s", {}):
-                timings[stage] = report["timings_s"][f"{stage}_s"]
-        timings["total"] = sum(v for v in timings.values() if v is not None)
-        for key in ("derived", "qa_report"):
-            if key in job.record:
-                sections[key] = job.record[key]
-        return make_run_record(
+        return RunRecord(
+            software_name=SOFTWARE_NAME,
             software_version=nsn2n.__version__,
-            source=source,
-            device=report.get("device", "n/a"),
+            source=SourceSeriesInfo.from_dataset(first, job.series_uid, len(job.instances)),
             parameters=self.parameters,
-            timings_s=timings,
-            warnings=warnings,
-            **sections,
+            status="ok" if written is not None else "skipped",
+            error=None if written is not None else job.error or "not processed",
+            volume=volume,
+            report=job.result.report if job.result is not None else None,
+            derived=written.derived if written is not None else None,
+            qa_report=written.qa_files if written is not None else None,
+            model_saved_to=job.model_saved_to,
+            load_s=job.load_s,
+            write_s=written.seconds if written is not None else None,
+            warnings=tuple(job.source.warnings) if job.source is not None else (),
         )
 
-    def write_record(self, job: SeriesJob) -> None:
-        status = "ok" if job.ok and job.written else "skipped"
-        record = self.record(job, status=status)
-        if status != "ok":
-            record["error"] = job.error or "not processed"
-        path = series_workdir(self.workdir, job.series_uid) / "run.json"
+    def write_record(self, series_uid: str, record: RunRecord) -> Path:
+        path = series_workdir(self.workdir, series_uid) / "run.json"
         try:
-            write_run_record(path, record)
+            write_run_record(path, record.as_dict())
         except OSError as exc:
             raise OutputError(f"cannot write the run record {path}: {exc.strerror}") from None
-        log.info("series %s: run record %s", job.series_uid, path)
+        log.info("series %s: run record %s", series_uid, path)
+        return path

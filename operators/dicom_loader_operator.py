@@ -9,7 +9,9 @@ Why wrap it (SDK 4.0.0 behaviour that is wrong for an unattended MAP):
 * an empty or non-DICOM input raises ``ItemNotExistsError``; we report an input error (exit code 3)
   that says what was found.
 
-The output is the SDK's ``List[DICOMStudy]``, so the SDK's series selector works unchanged.
+The output is the SDK's ``List[DICOMStudy]``, so the SDK's series selector works unchanged. When
+nothing can be read, the run ends here: the error is recorded in the run's
+:class:`~operators.exit_status.ExitStatus` and nothing is emitted.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 from monai.deploy.operators import DICOMDataLoaderOperator
 
-from dicom_series import DicomReadError, read_dicom_folder
+from dicom_series import DicomReadError, group_series, read_dicom_folder
 
-from .run_outcome import InputError, RunOutcome
+from .exit_status import ExitStatus, InputError, as_run_error
 
 __all__ = ["StudyLoaderOperator"]
 
@@ -33,14 +35,17 @@ log = logging.getLogger("nsn2n.app")
 class StudyLoaderOperator(DICOMDataLoaderOperator):
     """Reads every DICOM file under the input folder into SDK ``DICOMStudy`` objects (read-only)."""
 
-    def __init__(self, fragment, *args, input_folder: Path, outcome: RunOutcome, **kwargs) -> None:
-        self.outcome = outcome
+    def __init__(self, fragment, *args, input_folder: Path, status: ExitStatus, **kwargs) -> None:
+        self.status = status
         super().__init__(fragment, *args, input_folder=Path(input_folder), must_load=False, **kwargs)
 
     def compute(self, op_input, op_output, context) -> None:
-        with self.outcome.guard(self.name):
+        try:
             studies = self.load_data_to_studies(Path(self.input_path))
-            op_output.emit(studies, self.output_name)
+        except Exception as exc:  # nothing is written yet: the run ends here
+            self.status.fail(as_run_error(exc, self.name))
+            return
+        op_output.emit(studies, self.output_name)
 
     def load_data_to_studies(self, input_path: Path) -> list[DICOMStudy]:
         if not input_path.is_dir():
@@ -53,25 +58,22 @@ class StudyLoaderOperator(DICOMDataLoaderOperator):
             n_files = sum(1 for p in input_path.rglob("*") if p.is_file())
             raise InputError(f"no DICOM image instances in {input_path} ({n_files} file(s) examined)")
         studies: dict[str, DICOMStudy] = {}
-        series: dict[str, DICOMSeries] = {}
-        for path, ds in instances:
-            study_uid, series_uid = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-            if not study_uid or not series_uid:
-                log.warning("skipping %s: no StudyInstanceUID or SeriesInstanceUID", path)
-                continue
-            ds.filename = str(path)
+        groups = group_series(instances)  # skips, with a warning, instances without study or series UID
+        for (study_uid, series_uid), members in groups.items():
+            first = members[0][1]
             if study_uid not in studies:
                 studies[study_uid] = DICOMStudy(study_uid)
-                self.populate_study_attributes(studies[study_uid], ds)
-            if series_uid not in series:
-                series[series_uid] = DICOMSeries(series_uid)
-                self.populate_series_attributes(series[series_uid], ds)
-                studies[study_uid].add_series(series[series_uid])
-            series[series_uid].add_sop_instance(ds)
+                self.populate_study_attributes(studies[study_uid], first)
+            series = DICOMSeries(series_uid)
+            self.populate_series_attributes(series, first)
+            studies[study_uid].add_series(series)
+            for path, ds in members:
+                ds.filename = str(path)
+                series.add_sop_instance(ds)
         log.info(
             "loaded %d instance(s) in %d series of %d study(ies) from %s",
             len(instances),
-            len(series),
+            len(groups),
             len(studies),
             input_path,
         )

@@ -6,10 +6,17 @@ holoscan, MONAI or torch, so it can be used and tested without the application r
 """
 
 from .montage import montage_size, render_montage, render_montage_image, save_montage
-from .pdf import NOTICE, format_noise, format_reduction, render_report_pdf
+from .notice import NOTICE
+from .pdf import format_noise, format_reduction, render_report_pdf
 from .run_record import (
     SCHEMA_VERSION,
+    DerivedSeriesInfo,
+    QaReportFiles,
+    RunRecord,
     RunRecordError,
+    SourceSeriesInfo,
+    StageSeconds,
+    VolumeInfo,
     downsample_loss_history,
     make_run_record,
     noise_reduction_percent,
@@ -22,7 +29,13 @@ __all__ = [
     "CT_SOFT_TISSUE_WINDOW",
     "NOTICE",
     "SCHEMA_VERSION",
+    "DerivedSeriesInfo",
+    "QaReportFiles",
+    "RunRecord",
     "RunRecordError",
+    "SourceSeriesInfo",
+    "StageSeconds",
+    "VolumeInfo",
     "difference_window",
     "display_window",
     "downsample_loss_history",

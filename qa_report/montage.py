@@ -28,11 +28,13 @@ import os
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .files import atomic_write_bytes
+from .notice import NOTICE
 from .windows import describe_difference_window, describe_window, difference_window, display_window
 
 __all__ = [
@@ -66,7 +68,6 @@ _DIM = (160, 160, 160)
 _WARN = (255, 170, 60)
 _FRAME = (70, 70, 70)
 _LETTERBOX = 18  # grey level outside the resampled slice inside a tile (same as the page background)
-NOTICE = "NOT FOR DIAGNOSTIC USE - research software"
 
 
 def montage_size(n_rows: int) -> tuple[int, int]:
@@ -174,6 +175,37 @@ def render_montage_image(
             to +/-3 x noise, otherwise the 99th percentile of |diff| is used.
         pixel_spacing: in-plane spacing (dy, dx) in mm for the aspect ratio; default square pixels.
     """
+    before, after, padding_mask = _checked_volumes(before, after, padding_mask)
+    rows = _rows(before.shape[0], padding_mask, slices)
+    spacing = (1.0, 1.0) if pixel_spacing is None else (float(pixel_spacing[0]), float(pixel_spacing[1]))
+    if not (spacing[0] > 0 and spacing[1] > 0):
+        raise ValueError(f"pixel_spacing must be positive, got {pixel_spacing}")
+    window = display_window(modality, before, padding_mask)
+    noise_based = noise_before is not None and np.isfinite(noise_before) and noise_before > 0
+    dwindow = difference_window(before, after, padding_mask, noise_before)
+
+    width, height = montage_size(len(rows))
+    canvas = Image.new("RGB", (width, height), _BG)
+    draw = ImageDraw.Draw(canvas)
+    heads = [
+        ("Before (input)", describe_window(modality, window)),
+        ("After (NS-N2N)", describe_window(modality, window)),
+        ("Difference (before - after)", describe_difference_window(modality, dwindow, noise_based)),
+    ]
+    _draw_header(draw, width, title, heads)
+    y = MARGIN + TITLE_H + HEADER_H
+    for z in rows:
+        pad = padding_mask[z] if padding_mask is not None else None
+        tiles = _row_tiles(before[z], after[z], pad, window, dwindow)
+        _draw_row(canvas, draw, y, tiles, spacing, f"{z + 1}", f"of {before.shape[0]}")
+        y += TILE + GAP
+    _draw_footer(draw, width, height, before.shape)
+    return canvas
+
+
+def _checked_volumes(
+    before: np.ndarray, after: np.ndarray, padding_mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     before = np.asarray(before)
     after = np.asarray(after)
     if before.ndim != 3 or before.shape != after.shape:
@@ -182,97 +214,89 @@ def render_montage_image(
         padding_mask = np.asarray(padding_mask, dtype=bool)
         if padding_mask.shape != before.shape:
             raise ValueError(f"padding_mask shape {padding_mask.shape} != volume shape {before.shape}")
-    depth = before.shape[0]
+    return before, after, padding_mask
+
+
+def _rows(depth: int, padding_mask: np.ndarray | None, slices: Sequence[int] | None) -> list[int]:
+    """The slice indices shown, one a row (see :func:`render_montage_image`)."""
     if slices is None:
-        rows = choose_slices(depth, padding_mask)
-    else:
-        rows = list(dict.fromkeys(int(s) for s in slices))
-        if not rows:
-            raise ValueError("slices is empty")
-        bad = [s for s in rows if not 0 <= s < depth]
-        if bad:
-            raise ValueError(f"slice indices {bad} out of range 0..{depth - 1}")
-    spacing = (1.0, 1.0) if pixel_spacing is None else (float(pixel_spacing[0]), float(pixel_spacing[1]))
-    if not (spacing[0] > 0 and spacing[1] > 0):
-        raise ValueError(f"pixel_spacing must be positive, got {pixel_spacing}")
+        return choose_slices(depth, padding_mask)
+    rows = list(dict.fromkeys(int(s) for s in slices))
+    if not rows:
+        raise ValueError("slices is empty")
+    bad = [s for s in rows if not 0 <= s < depth]
+    if bad:
+        raise ValueError(f"slice indices {bad} out of range 0..{depth - 1}")
+    return rows
 
-    window = display_window(modality, before, padding_mask)
-    noise_based = noise_before is not None and np.isfinite(noise_before) and noise_before > 0
-    dwindow = difference_window(before, after, padding_mask, noise_before)
 
-    width, height = montage_size(len(rows))
-    canvas = Image.new("RGB", (width, height), _BG)
-    draw = ImageDraw.Draw(canvas)
-    f_title, f_head, f_small, f_label = _font(18, True), _font(14, True), _font(12), _font(16, True)
+def _row_tiles(
+    before: np.ndarray,
+    after: np.ndarray,
+    padding: np.ndarray | None,
+    window: tuple[float, float],
+    dwindow: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grey levels of one slice before, after and of their difference (padding black / mid grey)."""
+    grey_b, grey_a = _to_grey(before, window), _to_grey(after, window)
+    diff = before.astype(np.float64) - after.astype(np.float64)
+    if padding is not None:
+        grey_b[padding] = 0
+        grey_a[padding] = 0
+        diff[padding] = 0.0
+    return grey_b, grey_a, _to_grey(diff, dwindow)
 
+
+def _column_x() -> list[int]:
+    return [MARGIN + LABEL_W + i * (TILE + GAP) for i in range(3)]
+
+
+def _draw_header(draw: ImageDraw.ImageDraw, width: int, title: str, heads: Sequence[tuple[str, str]]) -> None:
+    """The title line and, over each column, its name and display window."""
+    f_title, f_head, f_small = _font(18, True), _font(14, True), _font(12)
     draw.text((MARGIN, MARGIN + 4), _ellipsize(draw, title, f_title, width - 2 * MARGIN), font=f_title, fill=_FG)
     draw.line((MARGIN, MARGIN + TITLE_H - 4, width - MARGIN, MARGIN + TITLE_H - 4), fill=_FRAME)
-    x0 = MARGIN + LABEL_W
-    col_x = [x0 + i * (TILE + GAP) for i in range(3)]
-    heads = [
-        ("Before (input)", describe_window(modality, window)),
-        ("After (NS-N2N)", describe_window(modality, window)),
-        ("Difference (before - after)", describe_difference_window(modality, dwindow, noise_based)),
-    ]
     y_head = MARGIN + TITLE_H
-    for cx, (head, sub) in zip(col_x, heads, strict=True):
+    for cx, (head, sub) in zip(_column_x(), heads, strict=True):
         _text_centered(draw, cx + TILE // 2, y_head + 2, head, f_head, _FG)
         _text_centered(draw, cx + TILE // 2, y_head + 22, _ellipsize(draw, sub, f_small, TILE), f_small, _DIM)
 
-    y = MARGIN + TITLE_H + HEADER_H
-    for z in rows:
-        b, a = before[z], after[z]
-        pad = padding_mask[z] if padding_mask is not None else None
-        grey_b, grey_a = _to_grey(b, window), _to_grey(a, window)
-        diff = b.astype(np.float64) - a.astype(np.float64)
-        if pad is not None:
-            grey_b[pad] = 0
-            grey_a[pad] = 0
-            diff[pad] = 0.0
-        grey_d = _to_grey(diff, dwindow)
-        for cx, grey in zip(col_x, (grey_b, grey_a, grey_d), strict=True):
-            canvas.paste(_fit_tile(grey, spacing), (cx, y))
-            draw.rectangle((cx - 1, y - 1, cx + TILE, y + TILE), outline=_FRAME)
-        cy = y + TILE // 2
-        _text_centered(draw, MARGIN + LABEL_W // 2 - 4, cy - 22, "slice", f_small, _DIM)
-        _text_centered(draw, MARGIN + LABEL_W // 2 - 4, cy - 6, str(z + 1), f_label, _FG)
-        _text_centered(draw, MARGIN + LABEL_W // 2 - 4, cy + 14, f"of {depth}", f_small, _DIM)
-        y += TILE + GAP
 
+def _draw_row(
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    y: int,
+    tiles: Sequence[np.ndarray],
+    spacing: tuple[float, float],
+    number: str,
+    of_depth: str,
+) -> None:
+    """One row: the slice label on the left, then the three framed tiles."""
+    for cx, grey in zip(_column_x(), tiles, strict=True):
+        canvas.paste(_fit_tile(grey, spacing), (cx, y))
+        draw.rectangle((cx - 1, y - 1, cx + TILE, y + TILE), outline=_FRAME)
+    cy = y + TILE // 2
+    _text_centered(draw, MARGIN + LABEL_W // 2 - 4, cy - 22, "slice", _font(12), _DIM)
+    _text_centered(draw, MARGIN + LABEL_W // 2 - 4, cy - 6, number, _font(16, True), _FG)
+    _text_centered(draw, MARGIN + LABEL_W // 2 - 4, cy + 14, of_depth, _font(12), _DIM)
+
+
+def _draw_footer(draw: ImageDraw.ImageDraw, width: int, height: int, shape: tuple[int, ...]) -> None:
+    """The research-use notice on the left, the volume size on the right."""
+    f_small = _font(12)
     y_foot = height - MARGIN - FOOTER_H + 6
     draw.text((MARGIN, y_foot), NOTICE, font=f_small, fill=_WARN)
-    foot = f"volume {before.shape[0]} x {before.shape[1]} x {before.shape[2]}  |  tiles {TILE} px"
+    foot = f"volume {shape[0]} x {shape[1]} x {shape[2]}  |  tiles {TILE} px"
     draw.text((width - MARGIN - draw.textlength(foot, font=f_small), y_foot), foot, font=f_small, fill=_DIM)
-    return canvas
 
 
-def render_montage(
-    before: np.ndarray,
-    after: np.ndarray,
-    modality: str,
-    *,
-    padding_mask: np.ndarray | None = None,
-    slices: Sequence[int] | None = None,
-    title: str = "NS-N2N denoising",
-    noise_before: float | None = None,
-    pixel_spacing: tuple[float, float] | None = None,
-) -> bytes:
+def render_montage(before: np.ndarray, after: np.ndarray, modality: str, **options: Any) -> bytes:
     """Render the montage and return it as PNG bytes (size: ``montage_size(n_rows)``; see module doc).
 
-    Arguments as for :func:`render_montage_image`. The PNG is deterministic for given inputs.
+    Keyword arguments as for :func:`render_montage_image`. The PNG is deterministic for given inputs.
     """
-    image = render_montage_image(
-        before,
-        after,
-        modality,
-        padding_mask=padding_mask,
-        slices=slices,
-        title=title,
-        noise_before=noise_before,
-        pixel_spacing=pixel_spacing,
-    )
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False)
+    render_montage_image(before, after, modality, **options).save(buf, format="PNG", optimize=False)
     return buf.getvalue()
 
 

@@ -31,23 +31,17 @@ from matplotlib.patches import Rectangle
 from matplotlib.textpath import text_to_path
 from PIL import Image
 
+from .notice import NOTICE, NOTICE_DETAIL
 from .run_record import noise_reduction_percent
 
 __all__ = [
     "DEFAULT_METHOD",
-    "NOTICE",
     "format_noise",
     "format_reduction",
     "latin1_safe",
     "render_report_pdf",
 ]
 
-NOTICE = "NOT FOR DIAGNOSTIC USE - research software"
-NOTICE_DETAIL = (
-    "The derived series was produced by an experimental self-supervised denoising algorithm. It may remove "
-    "or alter fine structures and must not be used for diagnosis or treatment decisions. Always refer to "
-    "the original series."
-)
 #: Method description used when the record has no ``method`` section.
 DEFAULT_METHOD: dict[str, Any] = {
     "name": "NS-N2N (Neighbouring-Slice Noise2Noise)",
@@ -319,7 +313,7 @@ def _draw_title(doc: _Layout, record: Mapping[str, Any]) -> None:
     status = str(record.get("status") or "unknown").upper()
     sub = "   |   ".join(
         [
-            f"{_fmt_value(software.get('name', 'nsn2n-denoise'))} {_fmt_value(software.get('version', '?'))}",
+            f"{_fmt_value(software.get('name', '?'))} {_fmt_value(software.get('version', '?'))}",
             f"run {_fmt_value(record.get('created', '?'))}",
             f"schema {_fmt_value(record.get('schema_version'))}",
         ]
@@ -608,12 +602,12 @@ def render_report_pdf(record: Mapping[str, Any], montage_png: bytes | None) -> b
         _draw_warnings(doc, record)
         _draw_montage(doc, montage_png, record)
         _draw_loss(doc, record)
-        doc.footers(f"{software.get('name', 'nsn2n-denoise')} {software.get('version', '')} - {NOTICE}")
+        doc.footers(f"{software.get('name', '?')} {software.get('version', '')} - {NOTICE}")
         buf = io.BytesIO()
         metadata = {
             "Title": "NS-N2N denoising QA report",
             "Subject": latin1_safe(f"{source.get('modality') or ''} series {description}").strip(),
-            "Creator": latin1_safe(f"{software.get('name', 'nsn2n-denoise')} {software.get('version', '')}"),
+            "Creator": latin1_safe(f"{software.get('name', '?')} {software.get('version', '')}"),
             "Keywords": "research use only; not for diagnostic use",
             "CreationDate": _creation_date(record.get("created")),
         }

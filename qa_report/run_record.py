@@ -5,11 +5,14 @@ The record is a JSON-native dict described by ``run_record.schema.json`` (JSON S
 ID, birth date, accession number): only UIDs, series descriptions, geometry, parameters, timings and
 quality figures, so it can be kept and shared as a processing log.
 
-Typical use by the application::
+The application builds it from typed pieces: the source series' identity and geometry, and the
+denoiser's typed report (:class:`nsn2n.report.DenoiseReport`, read by attribute, so that this package
+never imports torch)::
 
-    record = make_run_record(software_version=__version__, source={...}, device="cuda:0")
-    ...fill in record["volume"], record["timings_s"], record["noise"], ...
-    write_run_record(workdir / series_uid / "run.json", record)   # validates, then writes atomically
+    record = RunRecord(software_name, version, source=..., parameters=..., volume=..., report=result.report)
+    write_run_record(workdir / series_uid / "run.json", record.as_dict())   # validates, writes atomically
+
+:func:`make_run_record` is the one place that knows the record's JSON shape and its defaults.
 """
 
 from __future__ import annotations
@@ -19,20 +22,29 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from .files import atomic_write_bytes
 
+if TYPE_CHECKING:  # only for annotations: this package does not import the denoiser (torch)
+    from nsn2n.report import DenoiseReport
+
 __all__ = [
     "SCHEMA_PATH",
     "SCHEMA_VERSION",
-    "SOFTWARE_NAME",
+    "DerivedSeriesInfo",
+    "QaReportFiles",
+    "RunRecord",
     "RunRecordError",
+    "SourceSeriesInfo",
+    "StageSeconds",
+    "VolumeInfo",
     "downsample_loss_history",
     "load_schema",
     "make_run_record",
@@ -43,7 +55,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "1.0"
-SOFTWARE_NAME = "nsn2n-denoise"
 SCHEMA_PATH = Path(__file__).with_name("run_record.schema.json")
 #: Stage names of ``timings_s`` (all required; ``None`` = stage not run).
 TIMING_STAGES = ("load", "weight_map", "train", "inference", "write", "total")
@@ -213,6 +224,7 @@ def _now_iso() -> str:
 
 def make_run_record(
     *,
+    software_name: str,
     software_version: str,
     source: Mapping[str, Any],
     device: str,
@@ -221,7 +233,7 @@ def make_run_record(
 ) -> dict[str, Any]:
     """Build a run record with defaults for everything not given.
 
-    Defaults: ``schema_version``, ``software {name: nsn2n-denoise, version}``, ``created`` = now (UTC),
+    Defaults: ``schema_version``, ``software {name, version}``, ``created`` = now (UTC),
     ``derived/volume/training/noise`` = None, ``timings_s`` = all stages None except ``total`` 0.0,
     ``model`` = nothing loaded/saved, ``warnings`` = [], ``status`` = "ok", ``error`` = None. Any
     top-level field can be given as a keyword (``volume=...``, ``noise=...``, ``status="failed"``, ...);
@@ -230,7 +242,7 @@ def make_run_record(
     """
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "software": {"name": SOFTWARE_NAME, "version": software_version},
+        "software": {"name": software_name, "version": software_version},
         "created": _now_iso(),
         "source": dict(source),
         "derived": None,
@@ -253,3 +265,178 @@ def make_run_record(
         raise RunRecordError(sorted(unknown)[0], "not a run-record field")
     record.update(sections)
     return to_jsonable(record)
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed pieces of a record
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSeriesInfo:
+    """The input series (``source`` of the schema); UIDs and a description, no patient identifiers."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    series_description: str
+    modality: str
+    sop_class_uid: str
+    n_instances: int
+
+    @classmethod
+    def from_dataset(cls, ds: Any, series_instance_uid: str, n_instances: int) -> SourceSeriesInfo:
+        """From the first instance of the series (any object with ``get(keyword, default)``, or ``None``)."""
+
+        def text(keyword: str) -> str:
+            return str(ds.get(keyword, "")) if ds is not None else ""
+
+        return cls(
+            study_instance_uid=text("StudyInstanceUID"),
+            series_instance_uid=series_instance_uid,
+            series_description=text("SeriesDescription"),
+            modality=text("Modality"),
+            sop_class_uid=text("SOPClassUID"),
+            n_instances=n_instances,
+        )
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """Geometry of the volume as processed (``volume`` of the schema).
+
+    Attributes:
+        shape: (D, H, W) voxels.
+        spacing_mm: (dz, dy, dx).
+        slice_gap_max_mm: largest distance between consecutive slice positions; ``None`` for one slice.
+        dtype: numpy name of the stored pixel type, e.g. ``int16``.
+    """
+
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    slice_gap_max_mm: float | None
+    dtype: str
+
+
+@dataclass(frozen=True)
+class DerivedSeriesInfo:
+    """The derived series that was written (``derived`` of the schema)."""
+
+    series_instance_uid: str
+    series_number: int | None
+    series_description: str
+    output_folder: str
+
+
+@dataclass(frozen=True)
+class QaReportFiles:
+    """Where the QA outputs of the series went (``qa_report`` of the schema)."""
+
+    montage_png: str
+    pdf: str
+    pdf_series_instance_uid: str
+
+
+@dataclass(frozen=True)
+class StageSeconds:
+    """Wall-clock seconds per stage (``timings_s`` of the schema); ``None`` = the stage did not run."""
+
+    load: float | None = None
+    weight_map: float | None = None
+    train: float | None = None
+    inference: float | None = None
+    write: float | None = None
+
+    @property
+    def total(self) -> float:
+        """The sum of the stages that ran."""
+        return sum(v for v in (self.load, self.weight_map, self.train, self.inference, self.write) if v is not None)
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {stage: getattr(self, stage) for stage in TIMING_STAGES if stage != "total"} | {"total": self.total}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The run record of one series, typed; :meth:`as_dict` gives the JSON of ``run_record.schema.json``.
+
+    Attributes:
+        software_name, software_version: the application that wrote it.
+        source: the input series.
+        parameters: the configuration as a flat dict of scalars.
+        status: ``"ok"``, ``"skipped"`` or ``"failed"``.
+        error: why the series was not processed (``None`` when ``status`` is ``"ok"``).
+        volume: geometry, ``None`` when the series could not be loaded.
+        report: the denoiser's report, ``None`` when the series was not denoised.
+        derived: the derived series, ``None`` when none was written.
+        qa_report: the QA outputs, ``None`` when none were written.
+        model_saved_to: where the trained model was saved, or ``None``.
+        load_s, write_s: seconds of the application's own stages (the denoiser times the others).
+        warnings: the application's warnings (the report's follow them).
+    """
+
+    software_name: str
+    software_version: str
+    source: SourceSeriesInfo
+    parameters: Mapping[str, Any]
+    status: str = "ok"
+    error: str | None = None
+    volume: VolumeInfo | None = None
+    report: DenoiseReport | None = None
+    derived: DerivedSeriesInfo | None = None
+    qa_report: QaReportFiles | None = None
+    model_saved_to: str | None = None
+    load_s: float | None = None
+    write_s: float | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def timings(self) -> StageSeconds:
+        """Seconds per stage: the application's load and write, the denoiser's own stages."""
+        stages = self.report.timings if self.report is not None else None
+        return StageSeconds(
+            load=self.load_s,
+            weight_map=stages.weight_map if stages else None,
+            train=stages.train if stages else None,
+            inference=stages.inference if stages else None,
+            write=self.write_s,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as the schema's JSON (not yet validated; :func:`write_run_record` validates)."""
+        report = self.report
+        sections: dict[str, Any] = {"status": self.status, "error": self.error}
+        for name in ("volume", "derived", "qa_report"):
+            value = getattr(self, name)
+            if value is not None:
+                sections[name] = asdict(value)
+        warnings = list(self.warnings)
+        if report is not None:
+            training = report.training
+            sections["training"] = (
+                None
+                if training.steps == 0
+                else {
+                    "steps": training.steps,
+                    "stopped_by": training.stopped_by,
+                    "final_loss": training.final_loss,
+                    "loss_history": training.loss_history,
+                    "rollbacks": training.rollbacks,
+                }
+            )
+            sections["noise"] = asdict(report.noise)
+            sections["model"] = {
+                "loaded_from": report.model.loaded_from,
+                "saved_to": self.model_saved_to,
+                "finetune_steps": report.model.finetune_steps or 0,
+            }
+            warnings += report.warnings
+        return make_run_record(
+            software_name=self.software_name,
+            software_version=self.software_version,
+            source=asdict(self.source),
+            device=report.device if report is not None else "n/a",
+            parameters=self.parameters,
+            timings_s=self.timings.as_dict(),
+            warnings=warnings,
+            **sections,
+        )

@@ -28,6 +28,7 @@ from dicom_series import (
     SourceSeries,
     build_derived_series,
     build_encapsulated_pdf,
+    derived_series_number,
     load_series,
     read_dicom_folder,
     write_series_atomically,
@@ -368,3 +369,14 @@ def test_encapsulated_pdf_rejects_non_pdf(tmp_path: Path) -> None:
         build_encapsulated_pdf(source, b"<html>", options)
     pdf = build_encapsulated_pdf(source, PDF, options)
     assert len(pdf.ConceptNameCodeSequence) == 0  # Type 2, empty by default
+
+
+def test_series_number_rule_is_source_plus_offset_and_never_wraps(tmp_path: Path) -> None:
+    source, _ = _source(tmp_path / "numbered", series_number=7)
+    assert derived_series_number(source, 1000) == 1007
+    assert derived_series_number(source, 1001, required=True) == 1008
+    with pytest.raises(ValueError, match=r"7 \+ 2147483641 = 2147483648 is outside 0\.\.2147483647"):
+        derived_series_number(source, 2**31 - 7)  # would have wrapped to 0
+    unnumbered, _ = _source(tmp_path / "unnumbered", mutate=lambda _, ds: delattr(ds, "SeriesNumber"))
+    assert derived_series_number(unnumbered, 1000) is None  # Type 2: left empty
+    assert derived_series_number(unnumbered, 1001, required=True) == 1001  # Type 1: as if it were 0

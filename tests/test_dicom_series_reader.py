@@ -164,9 +164,13 @@ def test_padding_mask_range(tmp_path: Path) -> None:
 # -- validation errors -------------------------------------------------------------------------------
 
 
-def test_fewer_than_three_slices(tmp_path: Path) -> None:
-    write_ct_series(tmp_path, _hu((2, 16, 16)))
-    _series_error(tmp_path, r"only 2 slice\(s\); at least 3")
+def test_fewer_slices_than_asked_for(tmp_path: Path) -> None:
+    write_ct_series(tmp_path / "two", _hu((2, 16, 16)))
+    with pytest.raises(SeriesError, match=r"only 2 slice\(s\); at least 3 are needed"):
+        load_series(read_dicom_folder(tmp_path / "two"), min_slices=3)
+    assert len(load_series(read_dicom_folder(tmp_path / "two"))) == 2  # two positions give a spacing
+    write_ct_series(tmp_path / "one", _hu((1, 16, 16)))
+    _series_error(tmp_path / "one", r"only 1 slice\(s\); at least 2")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_series import OutputError, write_series_atomically
+from dicom_series import OutputFolderError, write_series_atomically
 from tests.dicom_factory import make_ct_datasets
 
 
@@ -56,7 +56,7 @@ def test_failure_midway_leaves_nothing(tmp_path: Path) -> None:
 def test_existing_series_folder_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "series").mkdir()
     (tmp_path / "series" / "keep.dcm").write_bytes(b"x")
-    with pytest.raises(OutputError, match="already exists"):
+    with pytest.raises(OutputFolderError, match="already exists"):
         write_series_atomically(_datasets(), tmp_path, "series")
     assert [p.name for p in (tmp_path / "series").iterdir()] == ["keep.dcm"]
 
@@ -64,9 +64,9 @@ def test_existing_series_folder_not_overwritten(tmp_path: Path) -> None:
 def test_output_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "some_file"
     blocker.write_text("not a folder")
-    with pytest.raises(OutputError, match=f"Output folder {blocker / 'out'} cannot be created"):
+    with pytest.raises(OutputFolderError, match=f"Output folder {blocker / 'out'} cannot be created"):
         write_series_atomically(_datasets(), blocker / "out", "series")
-    with pytest.raises(OutputError, match="cannot be created"):
+    with pytest.raises(OutputFolderError, match="cannot be created"):
         write_series_atomically(_datasets(), blocker, "series")
 
 
@@ -79,7 +79,7 @@ def test_read_only_output_folder(tmp_path: Path) -> None:
         if os.access(out, os.W_OK):  # running as root
             assert write_series_atomically(_datasets(), out, "series").is_dir()
         else:
-            with pytest.raises(OutputError, match=f"Output folder {out} is not writable"):
+            with pytest.raises(OutputFolderError, match=f"Output folder {out} is not writable"):
                 write_series_atomically(_datasets(), out, "series")
             assert list(out.iterdir()) == []
     finally:

@@ -14,7 +14,7 @@ Each case BUILDS its input with a helper below (tests/dicom_factory.py; no shipp
   number) appears in any log.
 
 The cases run two at a time (ThreadPoolExecutor) from one module-scoped fixture; selecting a subset with
-``-k`` runs only the selected cases. Exit codes: ``operators/run_outcome.py`` and ``docs/errors.md``.
+``-k`` runs only the selected cases. Exit codes: ``operators/exit_status.py`` and ``docs/errors.md``.
 """
 
 from __future__ import annotations
@@ -729,7 +729,7 @@ def test_resolve_paths_flags_then_environment_then_defaults(tmp_path: Path) -> N
 
 def test_check_writable_folder(tmp_path: Path) -> None:
     from app.paths import check_writable_folder
-    from operators.run_outcome import EXIT_OUTPUT, OutputError
+    from operators.exit_status import EXIT_OUTPUT, OutputError
 
     check_writable_folder(tmp_path / "new" / "deeper", "output")  # creatable
     assert not (tmp_path / "new").exists(), "the check must not create anything"

@@ -1,6 +1,7 @@
 """End-to-end behaviour of denoise_volume on tiny synthetic volumes (CPU, seconds)."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -63,17 +64,22 @@ def test_training_lowers_error_against_clean(noisy_case, tiny_result):
     clean, noisy = noisy_case
     before, after = _rmse(noisy, clean), _rmse(tiny_result.denoised, clean)
     assert after < 0.75 * before, f"RMSE {before:.1f} -> {after:.1f} HU"
-    assert tiny_result.report["noise"]["after"] < tiny_result.report["noise"]["before"]
+    assert tiny_result.report.noise.after < tiny_result.report.noise.before
 
 
 def test_report_has_run_facts(tiny_result):
     report = tiny_result.report
-    assert report["device"] == "cpu"
-    assert report["training"]["steps"] == TINY.max_steps
-    assert report["training"]["rollbacks"] == 0  # the divergence guard did not fire on a healthy run
-    assert set(report["timings_s"]) >= {"weight_map_s", "train_s", "inference_s", "total_s"}
-    assert report["parameters"]["max_steps"] == TINY.max_steps
-    assert report["noise"]["unit"] == "HU"
+    assert report.device == "cpu"
+    assert report.training.steps == TINY.max_steps
+    assert report.training.rollbacks == 0  # the divergence guard did not fire on a healthy run
+    timings = report.timings
+    assert 0 < timings.weight_map + timings.train + timings.inference <= timings.total
+    assert report.parameters == TINY
+    assert report.noise.unit == "HU"
+    # One JSON conversion of the whole report.
+    as_json = json.loads(json.dumps(report.as_dict()))
+    assert as_json["training"]["steps"] == TINY.max_steps and as_json["parameters"]["max_steps"] == TINY.max_steps
+    assert as_json["timings"]["total"] == timings.total and as_json["noise"]["before"] == report.noise.before
     assert tiny_result.denoised.dtype == np.float32 and tiny_result.denoised.shape == (8, 48, 48)
 
 
@@ -104,7 +110,7 @@ def test_output_clipped_to_input_dtype_range():
     mr = np.clip(mr, 0, None).astype(np.uint16)
     result = denoise_volume(mr, (1.0, 1.0, 1.0), "MR", TINY.replace(max_steps=5))
     assert result.denoised.min() >= 0
-    assert result.report["noise"]["unit"] == "a.u."
+    assert result.report.noise.unit == "a.u."
 
 
 def test_saved_model_reused_without_training(tmp_path, noisy_case, tiny_result):
@@ -112,15 +118,15 @@ def test_saved_model_reused_without_training(tmp_path, noisy_case, tiny_result):
     tiny_result.model.save(tmp_path)
     loaded = TrainedModel.load(tmp_path)
     result = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", TINY, initial_model=loaded)
-    assert result.report["training"]["steps"] == 0
-    assert result.report["model"]["loaded_from"].endswith("nsn2n_model.pt")
+    assert result.report.training.steps == 0
+    assert result.report.model.loaded_from.endswith("nsn2n_model.pt")
     np.testing.assert_allclose(result.denoised, tiny_result.denoised, atol=1e-3)
 
 
 def test_thick_slices_are_warned_about(noisy_case):
     _, noisy = noisy_case
     result = denoise_volume(noisy, (5.0, 0.7, 0.7), "CT", TINY.replace(max_steps=2))
-    assert any("5.00 mm apart" in w for w in result.report["warnings"])
+    assert any("5.00 mm apart" in w for w in result.report.warnings)
 
 
 @pytest.mark.parametrize(
@@ -195,11 +201,11 @@ def test_residual_clip_bounds_every_change_by_the_local_noise(noisy_case, tiny_r
     from nsn2n.residual_clip import local_noise_sigma, matched_neighbours
 
     clean, noisy = noisy_case
-    clip = tiny_result.report["residual_clip"]
-    assert (clip["k_matched"], clip["k_unmatched"]) == (TINY.residual_clip_k, TINY.residual_clip_unmatched_k)
+    clip = tiny_result.report.residual_clip
+    assert (clip.k_matched, clip.k_unmatched) == (TINY.residual_clip_k, TINY.residual_clip_unmatched_k)
     # The limits the library used: the same weight maps, the local sigma in HU (normalisation is linear).
-    valid, _, normalised = api._prepare(noisy, None, "CT", None)
-    weights = api._weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), TINY).weights.numpy()
+    valid, _, normalised = api.prepare_volume(noisy, None, "CT", None)
+    weights = api.configured_weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), TINY).weights.numpy()
     sigma = np.stack(list(local_noise_sigma(noisy, weights)))
     body = clean > -500
     assert 25 < float(np.median(sigma[body])) < 60  # injected: 40 HU, in-plane correlated
@@ -210,7 +216,7 @@ def test_residual_clip_bounds_every_change_by_the_local_noise(noisy_case, tiny_r
     unclipped = denoise_volume(
         noisy, (1.0, 0.7, 0.7), "CT", TINY.replace(residual_clip_k=None, residual_clip_unmatched_k=None, max_steps=30)
     )
-    assert unclipped.report["residual_clip"] == {
+    assert unclipped.report.as_dict()["residual_clip"] == {
         "k_matched": None,
         "k_unmatched": None,
         "unit": "local noise standard deviation (nsn2n.residual_clip)",

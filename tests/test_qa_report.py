@@ -56,6 +56,7 @@ def _phantom(shape: tuple[int, int, int], *, noise: float, seed: int = 0, ct: bo
 
 def _record(**overrides) -> dict:
     record = make_run_record(
+        software_name="nsn2n-denoise",
         software_version="0.1.0",
         created="2025-03-14T09:26:53+00:00",
         source={
@@ -300,6 +301,82 @@ def test_invalid_record_names_the_field(mutate, field: str, reason: str) -> None
     assert reason in str(info.value)
 
 
+def _denoise_report(steps: int):
+    """A denoiser report as nsn2n builds it (typed), for a run of ``steps`` training steps."""
+    from nsn2n import DenoiseConfig
+    from nsn2n.intensity import IntensityNormalizer
+    from nsn2n.report import (
+        DenoiseReport,
+        ModelProvenance,
+        NoiseEstimate,
+        ResidualClipLimits,
+        StageTimings,
+        WeightMapStats,
+    )
+    from nsn2n.training import TrainingStats
+
+    return DenoiseReport(
+        software_version="0.1.0",
+        method="NS-N2N",
+        parameters=DenoiseConfig(max_steps=max(steps, 1)),
+        device="cpu",
+        torch_version="2",
+        shape=(40, 64, 48),
+        spacing_mm=(1.25, 0.7, 0.7),
+        modality="CT",
+        normalizer=IntensityNormalizer(-1000.0, 1000.0, -1000.0),
+        weight_map=WeightMapStats(0.6, 30.0, 20.0),
+        residual_clip=ResidualClipLimits(3.0, 1.5),
+        training=TrainingStats(steps, "max_steps", 12.0, 0.01, ((steps, 0.01),) if steps else (), 0),
+        model=ModelProvenance(None, None) if steps else ModelProvenance("/models/nsn2n_model.pt", 0),
+        timings=StageTimings(weight_map=0.25, train=12.0, inference=0.5, total=12.8),
+        noise=NoiseEstimate("paired-slice", 25.0, 6.0, "HU"),
+        warnings=("thick slices",),
+    )
+
+
+def test_run_record_from_typed_pieces_matches_the_schema() -> None:
+    from qa_report import DerivedSeriesInfo, RunRecord, SourceSeriesInfo, VolumeInfo
+
+    first = {"StudyInstanceUID": "1.2.3", "SeriesDescription": "AX", "Modality": "CT", "SOPClassUID": "1.2.4"}
+    source = SourceSeriesInfo.from_dataset(first, "1.2.5", 40)
+    common = {"software_name": "nsn2n-denoise", "software_version": "0.1.0", "source": source}
+    record = RunRecord(
+        **common,
+        parameters={"max_steps": 200},
+        volume=VolumeInfo((40, 64, 48), (1.25, 0.7, 0.7), 1.25, "int16"),
+        report=_denoise_report(200),
+        derived=DerivedSeriesInfo("1.2.6", 1003, "denoised", "/out/1.2.6"),
+        model_saved_to="/work/m.pt",
+        load_s=0.5,
+        write_s=0.25,
+        warnings=("irregular spacing",),
+    ).as_dict()
+    validate_run_record(record)
+    assert record["software"] == {"name": "nsn2n-denoise", "version": "0.1.0"}
+    assert record["source"]["study_instance_uid"] == "1.2.3" and record["source"]["n_instances"] == 40
+    assert record["device"] == "cpu" and record["noise"]["after"] == 6.0
+    assert record["training"]["steps"] == 200 and record["training"]["loss_history"] == [[200, 0.01]]
+    assert record["timings_s"] == {
+        "load": 0.5,
+        "weight_map": 0.25,
+        "train": 12.0,
+        "inference": 0.5,
+        "write": 0.25,
+        "total": 13.5,
+    }
+    assert record["model"] == {"loaded_from": None, "saved_to": "/work/m.pt", "finetune_steps": 0}
+    assert record["warnings"] == ["irregular spacing", "thick slices"]
+    # A loaded model used without training: no training section, the model's origin is named.
+    reused = RunRecord(**common, parameters={}, volume=None, report=_denoise_report(0), status="skipped", error="x")
+    assert reused.as_dict()["training"] is None
+    assert reused.as_dict()["model"]["loaded_from"] == "/models/nsn2n_model.pt"
+    # A series never denoised: no device, no noise, only the stages that ran.
+    skipped = RunRecord(**common, parameters={}, status="skipped", error="too few slices", load_s=0.1).as_dict()
+    validate_run_record(skipped)
+    assert skipped["device"] == "n/a" and skipped["noise"] is None and skipped["timings_s"]["total"] == 0.1
+
+
 def test_write_run_record_atomic(tmp_path: Path) -> None:
     record = _record()
     record["volume"]["shape"] = tuple(np.array([40, 64, 48]))  # numpy ints in a tuple: converted
@@ -328,7 +405,7 @@ def test_helpers() -> None:
     history = downsample_loss_history([(i * 10, 1.0 / (i + 1)) for i in range(1000)], max_points=100)
     assert len(history) <= 100 and history[0] == [0, 1.0] and history[-1][0] == 9990
     with pytest.raises(RunRecordError, match="not a run-record field"):
-        make_run_record(software_version="0", source={}, device="cpu", patient_id="X")
+        make_run_record(software_name="x", software_version="0", source={}, device="cpu", patient_id="X")
 
 
 def test_no_heavy_imports() -> None:

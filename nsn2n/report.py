@@ -1,0 +1,163 @@
+"""What :func:`nsn2n.denoise_volume` reports about a run: frozen dataclasses, one JSON conversion.
+
+Every figure a caller may log, store or print (parameters, device, training, timings, weight maps, noise,
+warnings) is a typed field here, so that the application and the QA report read the same names instead of
+keys of a nested dict. :meth:`DenoiseReport.as_dict` is the one conversion to JSON-native values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .config import DenoiseConfig
+from .intensity import IntensityNormalizer
+from .training import TrainingStats
+
+__all__ = [
+    "DenoiseReport",
+    "ModelProvenance",
+    "NoiseEstimate",
+    "ResidualClipLimits",
+    "StageTimings",
+    "WeightMapStats",
+]
+
+#: The one-line name of the method, as reports show it.
+METHOD = "NS-N2N (neighbouring-slice Noise2Noise with weight maps)"
+
+
+@dataclass(frozen=True)
+class WeightMapStats:
+    """How much of the volume the weight maps mark as matched.
+
+    Attributes:
+        matched_fraction: fraction of the valid pixels of all neighbouring pairs that are matched.
+        threshold_median: median over the pairs of the matching threshold, in the input's units.
+        pixel_noise_sigma: pixel noise sigma that scales the guide's range kernel, in the input's units.
+    """
+
+    matched_fraction: float
+    threshold_median: float
+    pixel_noise_sigma: float
+
+
+@dataclass(frozen=True)
+class ResidualClipLimits:
+    """The residual clip's limits (see :mod:`nsn2n.residual_clip`); ``None`` = no limit for that class.
+
+    Attributes:
+        k_matched: limit for pixels matching both neighbouring slices.
+        k_unmatched: limit for pixels matching at most one.
+        unit: what ``k`` multiplies.
+    """
+
+    k_matched: float | None
+    k_unmatched: float | None
+    unit: str = "local noise standard deviation (nsn2n.residual_clip)"
+
+
+@dataclass(frozen=True)
+class ModelProvenance:
+    """Where the network came from.
+
+    Attributes:
+        loaded_from: the model file given as ``initial_model``, or ``None`` when trained from scratch.
+        finetune_steps: fine-tuning steps of a loaded model, ``None`` when trained from scratch.
+    """
+
+    loaded_from: str | None = None
+    finetune_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Wall-clock seconds of each stage of :func:`nsn2n.denoise_volume`.
+
+    Attributes:
+        weight_map: weight maps and the noise estimate of the input.
+        train: training (or fine-tuning; near zero without it).
+        inference: inference, residual clip and the return to input units.
+        total: the whole call.
+    """
+
+    weight_map: float
+    train: float
+    inference: float
+    total: float
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The noise estimate of the input and of the output (see :mod:`nsn2n.noise`).
+
+    Attributes:
+        estimator: name of the estimator.
+        before: noise of the input.
+        after: noise of the output, measured on the same pixels.
+        unit: ``"HU"`` for CT, ``"a.u."`` otherwise.
+    """
+
+    estimator: str
+    before: float
+    after: float
+    unit: str
+
+    @property
+    def reduction_percent(self) -> float:
+        """``100 * (1 - after / before)``; NaN when ``before`` is not positive."""
+        return 100 * (1 - self.after / self.before) if self.before > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class DenoiseReport:
+    """Everything a caller may record about one :func:`nsn2n.denoise_volume` call.
+
+    Attributes:
+        software_version: ``nsn2n.__version__``.
+        method: one-line name of the method.
+        parameters: the configuration used.
+        device: torch device the network ran on, e.g. ``"cpu"`` or ``"cuda"``.
+        torch_version: ``torch.__version__``.
+        shape: (D, H, W) of the volume.
+        spacing_mm: (dz, dy, dx) in mm.
+        modality: DICOM modality, upper case.
+        normalizer: the intensity map between input and network units.
+        weight_map: weight-map statistics.
+        residual_clip: the residual clip's limits.
+        training: what training did (``steps == 0`` when a loaded model was used as it is).
+        model: where the network came from.
+        timings: seconds per stage.
+        noise: noise before and after.
+        warnings: non-fatal findings, one line each (thick slices, few matched pixels, rollbacks).
+    """
+
+    software_version: str
+    method: str
+    parameters: DenoiseConfig
+    device: str
+    torch_version: str
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    modality: str
+    normalizer: IntensityNormalizer
+    weight_map: WeightMapStats
+    residual_clip: ResidualClipLimits
+    training: TrainingStats
+    model: ModelProvenance
+    timings: StageTimings
+    noise: NoiseEstimate
+    warnings: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-native values (nested dicts, lists, numbers, strings, ``None``)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
