@@ -32,7 +32,7 @@ __all__ = [
     "select_device",
 ]
 
-log = logging.getLogger("nsn2n")
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "nsn2n_model.pt"
 MODEL_INFO_FILE = "nsn2n_model.json"

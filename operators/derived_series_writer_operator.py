@@ -33,7 +33,7 @@ from .run_outcome import InputError, OutputError, RunOutcome, SeriesJob
 
 __all__ = ["DerivedSeriesWriterOperator"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 QA_SERIES_DESCRIPTION = "NS-N2N QA report (research use)"
 

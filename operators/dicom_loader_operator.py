@@ -27,7 +27,7 @@ from .run_outcome import InputError, RunOutcome
 
 __all__ = ["StudyLoaderOperator"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 
 class StudyLoaderOperator(DICOMDataLoaderOperator):

@@ -18,7 +18,7 @@ from .run_outcome import EXIT_CONFIG, InputError, OutputError, RunError, RunOutc
 
 __all__ = ["NSN2NDenoiseOperator", "series_workdir"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 
 def series_workdir(workdir: Path, series_uid: str) -> Path:

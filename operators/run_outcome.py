@@ -41,7 +41,7 @@ __all__ = [
     "SeriesJob",
 ]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1

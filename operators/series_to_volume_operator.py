@@ -22,7 +22,7 @@ from .run_outcome import InputError, RunOutcome, SeriesJob
 
 __all__ = ["SeriesToVolumeOperator"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 
 def _label(series) -> str:
