@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from app.log_level import configure_logging, export_to_holoscan, resolve_log_level, sdk_argv
 from nsn2n import ConfigError
 from operators.run_outcome import EXIT_CONFIG, RunError
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.outcome.rollback()
         log.error("failed (exit code %d): %s", app.outcome.fatal.exit_code, _one_line(app.outcome.fatal))
     return app.outcome.exit_code
+
+
+def cli() -> NoReturn:
+    """``python app`` and the ``nsn2n-denoise`` console command (pyproject ``[project.scripts]``): one entry,
+    so both behave the same. ``argv[0]`` is the interpreter, as the SDK's parser expects."""
+    sys.exit(main([sys.executable, *sys.argv]))
