@@ -101,6 +101,8 @@ t0=$SECONDS
 podman build "${build_args[@]}" -t "$image" -f Dockerfile . >"$tmp/build.log" 2>&1 \
     || { tail -n 40 "$tmp/build.log" >&2; fail "podman build (log above)"; }
 build_s=$((SECONDS - t0))
+# Earlier builds of this image, untagged by this one (2 GB each): only those carrying this image's title.
+podman image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null || true
 # The build imported the application as root (a cached build skips that step): again, as the image's user.
 podman run --rm --network none --entrypoint python3 -e PYTHONPATH=/opt/holoscan/app "$image" \
     -m app.packages --import-all 2>&1 | grep -E '^imported [0-9]+ modules' >&2 \
