@@ -38,7 +38,7 @@ for path in sorted(Path("output/sample").rglob("*")):
     if path.is_file():
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         series.setdefault(ds.SeriesInstanceUID, []).append(ds)
-derived = [s for s in series.values() if "DERIVED" in s[0].ImageType and s[0].Modality == "MR"]
+derived = [s for s in series.values() if "DERIVED" in s[0].get("ImageType", []) and s[0].Modality == "MR"]
 assert len(derived) == 1, f"expected one derived MR series in output/sample, found {len(derived)}"
 assert len(derived[0]) == len(source), f"{len(derived[0])} derived instances for {len(source)} sample slices"
 print(f"check-runtime-venv: passed: {len(derived[0])} derived instances from requirements.txt alone")
