@@ -7,12 +7,15 @@
 #
 #   GPU (default):   docker build -t nsn2n-denoise:0.1.0 .
 #   CPU-only base:   docker build -t nsn2n-denoise:0.1.0 --build-arg BASE_IMAGE=ubuntu:24.04 .
+#                    (or debian:bookworm; scripts/test-image.sh builds on a debootstrap Debian 12 base)
 #   Run:             docker run --rm --gpus all --ulimit stack=67108864 \
 #                      -v $PWD/in:/var/holoscan/input:ro -v $PWD/out:/var/holoscan/output nsn2n-denoise:0.1.0
 #   Inspect:         docker run --rm nsn2n-denoise:0.1.0 show      (see docs/deploy.md)
 #
-# The base must be Ubuntu 24.04 (Python 3.12; the pinned wheels in requirements.txt are checked for
-# cp312/manylinux). CUDA 13 needs a host driver >= 580 for GPU use; on a CPU-only host the app runs on CPU.
+# The base must be Debian 12 / Ubuntu 24.04 or newer: glibc >= 2.35 (holoscan-cu13 wheels are
+# manylinux_2_35) and Python >= 3.11 (3.11 on Debian 12, 3.12 on Ubuntu 24.04; every pin in
+# requirements.txt has wheels for both). CUDA 13 needs a host driver >= 580 for GPU use; on a CPU-only
+# host the app runs on CPU.
 
 ARG BASE_IMAGE=nvcr.io/nvidia/cuda:13.0.0-runtime-ubuntu24.04
 FROM ${BASE_IMAGE}
@@ -21,6 +24,10 @@ ARG BASE_IMAGE
 # Optional wheel index for torch only, e.g. https://download.pytorch.org/whl/cpu for a CPU-only image
 # (several GB smaller). Empty: torch==<pin> from PyPI, the CUDA 13 build.
 ARG TORCH_INDEX_URL=""
+# The CUDA 13 runtime library (libcudart.so.13) that holoscan-cu13 loads even on CPU. The CUDA base image
+# has it; on a plain Debian/Ubuntu base it comes from this pinned PyPI wheel (same index as every other
+# Python package, so the build needs no NVIDIA apt repository).
+ARG CUDA_RUNTIME_WHEEL=nvidia-cuda-runtime==13.0.96
 # uid/gid of the `holoscan` user (the packager's --uid/--gid, default 1000). Not named UID: that is a
 # read-only variable in bash, the SHELL below.
 ARG APP_UID=1000
@@ -54,42 +61,16 @@ ENV HOLOSCAN_APPLICATION=/opt/holoscan/app \
     HOLOSCAN_VERSION=4.2.0 \
     HOLOSCAN_WORKDIR=/var/holoscan
 
-# OS packages. holoscan-cu13 links libcudart.so.13 from the system: the CUDA runtime base has it; on a
-# plain Ubuntu base it is installed from NVIDIA's CUDA apt repository (as the packager's template adds
-# cuda-keyring), then registered with ldconfig. The build fails here if it is still not found.
-# DL3008 (pin apt package versions) is ignored on purpose: these OS packages follow the base image's
-# Ubuntu 24.04 release and its security updates, and exact pins break the build at every point release;
-# everything that decides the application's behaviour (Python packages) is pinned in requirements.txt.
+# OS packages: Python and the CA certificates pip needs. DL3008 (pin apt package versions) is ignored on
+# purpose: these OS packages follow the base image's release (Debian 12 or Ubuntu 24.04) and its security
+# updates, and exact pins break the build at every point release; everything that decides the
+# application's behaviour (Python packages) is pinned in requirements.txt.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends --no-install-suggests \
         ca-certificates \
-        curl \
         python3 \
         python3-venv \
-    && ldconfig -p > /tmp/ld.so.cache.txt \
-    && if ! grep -q 'libcudart\.so\.13' /tmp/ld.so.cache.txt; then \
-        if [ -z "$(find /usr/local -name 'libcudart.so.13*' -print -quit 2>/dev/null)" ]; then \
-            . /etc/os-release \
-            && case "$(dpkg --print-architecture)" in \
-                amd64) repo_arch=x86_64 ;; \
-                arm64) repo_arch=sbsa ;; \
-                *) echo "unsupported architecture $(dpkg --print-architecture)" >&2; exit 1 ;; \
-            esac \
-            && rm -f /etc/apt/sources.list.d/cuda*.list \
-            && curl -fsSL -o /tmp/cuda-keyring.deb \
-                "https://developer.download.nvidia.com/compute/cuda/repos/${ID}$(echo "${VERSION_ID}" | tr -d .)/${repo_arch}/cuda-keyring_1.1-1_all.deb" \
-            && dpkg -i /tmp/cuda-keyring.deb \
-            && rm -f /tmp/cuda-keyring.deb \
-            && apt-get update \
-            && apt-get install -y --no-install-recommends --no-install-suggests cuda-cudart-13-0; \
-        fi \
-        && find /usr/local -name 'libcudart.so.13*' -printf '%h\n' | sort -u > /etc/ld.so.conf.d/zz-cudart-13.conf \
-        && ldconfig; \
-    fi \
-    && ldconfig -p > /tmp/ld.so.cache.txt \
-    && grep -q 'libcudart\.so\.13' /tmp/ld.so.cache.txt \
-    && rm -f /tmp/ld.so.cache.txt \
     && rm -rf /var/lib/apt/lists/*
 
 # Python: a venv readable by every uid. Caches go to /tmp so that any uid can run the image.
@@ -102,10 +83,14 @@ ENV VIRTUAL_ENV=/opt/venv \
     XDG_CACHE_HOME=/tmp/.cache
 
 # Runtime dependencies only (requirements.txt is fully pinned: monai-deploy-app-sdk 4.0.0, holoscan-cu13
-# and holoscan-cli 4.2.0, torch, ...); requirements-dev.txt never enters the image. The import check
-# fails the build early if a pinned wheel does not fit this base image.
+# and holoscan-cli 4.2.0, torch, ...); requirements-dev.txt never enters the image. pip reads the index and
+# certificate configuration of the build host only when the builder passes one (scripts/test-image.sh
+# mounts the host's pip configuration read-only and sets PIP_CONFIG_FILE for the build; nothing of it is
+# stored in the image). Then libcudart.so.13: from the system (CUDA base image) or CUDA_RUNTIME_WHEEL,
+# registered with ldconfig; the build fails here if it is still not found.
+ARG PIP_CONFIG_FILE
 COPY requirements.txt /tmp/requirements.txt
-RUN python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 needed: use an Ubuntu 24.04 base image")' \
+RUN python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 needed: use a Debian 12 or Ubuntu 24.04 base image")' \
     && python3 -m venv /opt/venv \
     && if [ -n "${TORCH_INDEX_URL}" ]; then \
         grep -E '^torch==' /tmp/requirements.txt > /tmp/torch-requirement.txt \
@@ -113,7 +98,12 @@ RUN python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Pyth
             -r /tmp/torch-requirement.txt; \
     fi \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && python -c "import holoscan.core, monai.deploy.core, monai.deploy.operators, torch, pydicom, highdicom, yaml, matplotlib, pypdf" \
+    && if ! ldconfig -p | grep -q 'libcudart\.so\.13'; then \
+        pip install --no-cache-dir "${CUDA_RUNTIME_WHEEL}" \
+        && find /opt/venv /usr/local -name 'libcudart.so.13*' -printf '%h\n' | sort -u > /etc/ld.so.conf.d/zz-cudart-13.conf \
+        && ldconfig; \
+    fi \
+    && ldconfig -p | grep -q 'libcudart\.so\.13' \
     && rm -f /tmp/requirements.txt /tmp/torch-requirement.txt \
     && chmod -R a+rX /opt/venv
 
@@ -148,9 +138,12 @@ COPY nsn2n/ /opt/holoscan/app/nsn2n/
 COPY dicom_series/ /opt/holoscan/app/dicom_series/
 COPY qa_report/ /opt/holoscan/app/qa_report/
 
+# Build-time import check: every module of the application's packages (app.packages names them), so a
+# runtime dependency missing from requirements.txt fails the build, not the first hospital run.
 RUN chmod -R a+rX,go-w /etc/holoscan /opt/holoscan /var/holoscan/app.yaml \
     && chmod 0755 /var/holoscan/tools \
-    && test -f /opt/holoscan/app/__main__.py
+    && test -f /opt/holoscan/app/__main__.py \
+    && PYTHONPATH=/opt/holoscan/app python3 -m app.packages --import-all
 
 WORKDIR /var/holoscan
 USER ${APP_UID}:${APP_GID}

@@ -16,7 +16,7 @@ for _root in (_here.parent, _here):
     if (_root / "nsn2n").is_dir() and str(_root) not in sys.path:
         sys.path.insert(0, str(_root))
 
-from app.main import main  # noqa: E402
+from app.main import cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main([sys.executable, *sys.argv]))
+    cli()

@@ -34,7 +34,7 @@ from operators.series_to_volume_operator import SeriesToVolumeOperator
 
 __all__ = ["NSN2NDenoiseApp", "selection_rules"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 
 def selection_rules(modalities: tuple[str, ...]) -> str:

@@ -5,24 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from app.log_level import configure_logging, export_to_holoscan, resolve_log_level, sdk_argv
 from nsn2n import ConfigError
 from operators.exit_status import EXIT_CONFIG, RunError
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
-log = logging.getLogger("nsn2n.app")
-
-
-def _configure_logging() -> None:
-    """Plain timestamped lines on stderr (container logs); the SDK may add its own handlers later."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("nsn2n", "nsn2n.app"):
-        logging.getLogger(name).setLevel(logging.INFO)
-    for noisy in ("fontTools", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -33,8 +24,11 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the application; returns the process exit code (see ``operators/exit_status.py``)."""
-    _configure_logging()
     argv = list([sys.executable, *sys.argv] if argv is None else argv)
+    level = resolve_log_level(argv)
+    configure_logging(level)
+    export_to_holoscan(level)
+    argv = sdk_argv(argv, level)
     from app.settings import load_settings
 
     try:
@@ -66,3 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if app.status.error is not None:
         log.error("failed (exit code %d): %s", app.status.error.exit_code, _one_line(app.status.error))
     return app.status.exit_code
+
+
+def cli() -> NoReturn:
+    """``python app`` and the ``nsn2n-denoise`` console command (pyproject ``[project.scripts]``): one entry,
+    so both behave the same. ``argv[0]`` is the interpreter, as the SDK's parser expects."""
+    sys.exit(main([sys.executable, *sys.argv]))

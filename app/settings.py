@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -83,12 +84,20 @@ class AppSettings:
         return out | self.algorithm.as_dict()
 
 
+#: Where ``pip install .`` puts app.yaml (pyproject ``[tool.setuptools.data-files]``), under the environment's prefix.
+INSTALLED_CONFIG = Path("share") / "nsn2n-denoise" / "app.yaml"
+
+
 def default_config_path() -> Path:
-    """``HOLOSCAN_CONFIG_PATH`` (set in the MAP) or the repository's app.yaml."""
+    """``HOLOSCAN_CONFIG_PATH`` (set in the MAP), else the checkout's app.yaml, else the installed copy
+    (``<sys.prefix>/share/nsn2n-denoise/app.yaml``), so that ``python app`` in a checkout and the
+    ``nsn2n-denoise`` command of ``pip install .`` read the same file."""
     env = os.environ.get("HOLOSCAN_CONFIG_PATH")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "app.yaml"
+    checkout = Path(__file__).resolve().parent.parent / "app.yaml"
+    installed = Path(sysconfig.get_path("data")) / INSTALLED_CONFIG
+    return installed if not checkout.is_file() and installed.is_file() else checkout
 
 
 def _read_section(path: Path) -> dict[str, Any]:

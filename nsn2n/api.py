@@ -36,7 +36,7 @@ from .weight_map import WeightMaps, compute_weight_maps
 
 __all__ = ["MIN_SLICES", "DenoiseResult", "TrainedModel", "denoise_volume"]
 
-log = logging.getLogger("nsn2n")
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "nsn2n_model.pt"
 MODEL_INFO_FILE = "nsn2n_model.json"

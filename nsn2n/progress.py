@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 __all__ = ["ProgressLog", "format_duration"]
 
-log = logging.getLogger("nsn2n")
+log = logging.getLogger(__name__)
 
 
 def format_duration(seconds: float) -> str:

@@ -35,7 +35,7 @@ from .progress import ProgressLog
 
 __all__ = ["Batch", "DivergenceGuard", "PairSampler", "StepFn", "TrainingStats", "nsn2n_step", "train_network"]
 
-log = logging.getLogger("nsn2n")
+log = logging.getLogger(__name__)
 
 _FOREGROUND_LEVEL = 0.1  # network units above the fill value that count as "something to denoise"
 _MIN_FOREGROUND = 0.25  # a crop with less foreground than this is redrawn (up to a few times)

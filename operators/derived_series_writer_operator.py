@@ -55,7 +55,7 @@ from .series_job import SeriesJob, series_workdir
 
 __all__ = ["DerivedSeriesWriterOperator"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 QA_SERIES_DESCRIPTION = "NS-N2N QA report (research use)"
 

@@ -29,7 +29,7 @@ from .exit_status import ExitStatus, InputError, as_run_error
 
 __all__ = ["StudyLoaderOperator"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 
 class StudyLoaderOperator(DICOMDataLoaderOperator):

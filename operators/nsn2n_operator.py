@@ -20,7 +20,7 @@ from .series_job import SeriesJob, SeriesStepOperator, series_workdir
 
 __all__ = ["NSN2NDenoiseOperator"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 _NOT_LOADED = object()
 

