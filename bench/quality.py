@@ -262,7 +262,9 @@ def run_case(
                 log(f"{name}: {label}: {out.note}")
                 continue
             metrics = score(vol.modality, vol.clean, noisy, out.denoised, vol.mask, vol.ref_scale, structure=structure)
-            rows[label].append({**metrics, "seconds": out.seconds, "device": out.device, "seed": seed})
+            rows[label].append(
+                {**metrics, "seconds": out.seconds, "device": out.device, "seed": seed, "note": out.note}
+            )
             if budget is not None and out.note:
                 notes[label] = (notes.get(label, "") + ("; " if label in notes else "") + out.note).strip("; ")
             log(

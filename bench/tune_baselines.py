@@ -10,10 +10,11 @@ PSNR in the body (CT: the mean of PSNR body and PSNR W400, the window where soft
 
 * NLM 3-D (skimage, fast mode, ``h = factor * sigma_hat``): stage 1 sweeps the factor at patch 5 /
   distance 3; stage 2 the (patch, distance) pairs at the best factor; stage 3 the factor again around
-  the best pair (11 trials per case).
-* BM4D (estimated PSD, and white sigma_hat): the noise scale (3 trials per variant). BM4D takes minutes
-  per slab on 2 cores, so its sweep runs on the central in-plane half (rows and columns) of each tuning
-  slab; its one parameter scales the noise model and does not depend on the field of view.
+  the best pair (11 trials per case, more when an optimum lies at the end of a grid: the grid is then
+  extended in that direction).
+* BM4D (estimated PSD, and white sigma_hat): the noise scale (3 trials per variant, extended likewise).
+  BM4D takes minutes per slab on 2 cores, so its sweep runs on the central in-plane half (rows and
+  columns) of each tuning slab; its one parameter scales the noise model and does not depend on the field of view.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ NLM_FACTORS = (0.4, 0.55, 0.7, 0.85, 1.0)
 NLM_WINDOWS = ((3, 3), (7, 3), (5, 5), (7, 5))
 NLM_REFINE = (0.85, 1.18)
 BM4D_SCALES = (0.7, 1.0, 1.4)
+#: When the best value of a scale sweep is at an end of its grid, the grid is extended by this factor in
+#: that direction, at most MAX_EXTENSIONS times (an optimum on the edge is not an optimum).
+EXTEND_FACTOR = 1.4
+MAX_EXTENSIONS = 3
 MODALITIES = {"CT": ("ct-thin", "ct-thick", "lung1"), "MR": ("mr-thin-r5", "mr-thin-r9", "mr-thick-r5")}
 
 
@@ -90,6 +95,21 @@ def run_trial(method: str, params: dict, inputs: dict[str, tuple[data.Volume, np
     return Trial(method, params, per_case, seconds)
 
 
+def scale_sweep(values: tuple[float, ...], make: Callable[[float], Trial], modality: str) -> Trial:
+    """Try ``values``; while the best is at an end of the values tried, extend past it; return the best."""
+    tried = {v: make(v) for v in values}
+    for _ in range(MAX_EXTENSIONS):
+        best = max(tried, key=lambda v: tried[v].objective(modality))
+        if best == min(tried):
+            nxt = round(best / EXTEND_FACTOR, 3)
+        elif best == max(tried):
+            nxt = round(best * EXTEND_FACTOR, 3)
+        else:
+            break
+        tried[nxt] = make(nxt)
+    return max(tried.values(), key=lambda t: t.objective(modality))
+
+
 def tune_nlm(modality: str, inputs: dict) -> tuple[dict, list[Trial]]:
     sig = {name: baselines.estimate_sigma(noisy, modality) for name, (_, noisy) in inputs.items()}
     trials: list[Trial] = []
@@ -102,7 +122,7 @@ def tune_nlm(modality: str, inputs: dict) -> tuple[dict, list[Trial]]:
         trials.append(t)
         return t
 
-    best = max((trial(baselines.NLMParams(f, 5, 3)) for f in NLM_FACTORS), key=lambda t: t.objective(modality))
+    best = scale_sweep(NLM_FACTORS, lambda f: trial(baselines.NLMParams(f, 5, 3)), modality)
     factor = best.params["h_factor"]
     for patch, dist in NLM_WINDOWS:
         trial(baselines.NLMParams(factor, patch, dist))
@@ -119,14 +139,17 @@ def tune_nlm(modality: str, inputs: dict) -> tuple[dict, list[Trial]]:
 
 def tune_bm4d(method: str, modality: str, inputs: dict) -> tuple[dict, list[Trial]]:
     trials = []
-    for scale in BM4D_SCALES:
+
+    def make(scale: float) -> Trial:
         p = baselines.BM4DParams(psd=method == "bm4d", sigma_scale=scale)
 
-        def run(vol, noisy, p=p):
+        def run(vol, noisy):
             return baselines.bm4d(noisy, vol.modality, p)
 
         trials.append(run_trial(method, {"sigma_scale": scale}, inputs, run))
-    best = max(trials, key=lambda t: t.objective(modality))
+        return trials[-1]
+
+    best = scale_sweep(BM4D_SCALES, make, modality)
     return best.params, trials
 
 

@@ -267,3 +267,26 @@ def test_merge_tables_puts_rows_of_separate_runs_into_one_table_per_volume(tmp_p
     assert f"| {METHODS['noisy']} | 38 | cpu |" in rows  # the first run given wins a duplicate row
     assert "- command: `gpu run`" in lines and "- command: `cpu run`" in lines
     assert sum(line.startswith("### v1") for line in lines) == 1 and "- data: d1" in lines
+
+
+def test_noise_truth_reduction_and_estimator_plugins():
+    from bench.noise_truth import ESTIMATORS, reduction, resolve_estimator, truth
+
+    clean = np.zeros((2, 8, 8))
+    noise_field = np.where(np.indices(clean.shape).sum(0) % 2 == 0, 3.0, -3.0)
+    before, after = truth(clean, clean + noise_field, clean + noise_field / 3, np.ones(clean.shape, bool))
+    assert before == pytest.approx(3.0) and after == pytest.approx(1.0)
+    assert reduction(before, after) == pytest.approx(2 / 3)
+    assert resolve_estimator("product") is ESTIMATORS["product"]
+    assert resolve_estimator("bench.noise_truth:flat_roi_estimator") is ESTIMATORS["flat-roi"]
+    with pytest.raises(KeyError):
+        resolve_estimator("nope")
+
+
+def test_edges_removed_control_keeps_the_noise_and_removes_the_high_pass():
+    from bench.residual_flag import edges_removed
+
+    clean = _phantom(32, 2)
+    noisy = clean + np.random.default_rng(0).normal(0, 10, clean.shape)
+    out = edges_removed(noisy, clean)
+    assert np.allclose(noisy - out, clean - ndimage.gaussian_filter(clean, (0, 2, 2)), atol=1e-2)
