@@ -96,7 +96,7 @@ def case_notes(c: cases.Case, vol, noisy: np.ndarray, sigma_hat: float, plan_not
         f"- injected noise in the {mask}: σ = {stats['std']:.1f} {unit}, lag-1 correlation in-plane "
         f"{stats['lag1_inplane']:.2f}, between slices {stats.get('lag1_slice', float('nan')):.2f}; "
         f"flat-ROI estimate on the noisy volume σ̂ = {sigma_hat:.1f} (first seed; given to NLM/BM4D)",
-        f"- learned methods: {plan_note}",
+        *([f"- learned methods: {plan_note}"] if plan_note else []),
     ]
 
 
@@ -239,6 +239,7 @@ def run_case(
                 if budgets
                 else f"{', '.join(map(str, steps))} training steps each"
             )
+            plan_note = plan_note if any(m in LEARNED for m in methods) else ""
             header = case_notes(c, vol, noisy, sigma_hat, plan_note)
         tag = f"{name}-{split}-{store.preset}-s{seed}"
         for key in plan:

@@ -36,7 +36,7 @@ from scipy import ndimage
 __all__ = ["DEFAULT_THRESHOLD", "ResidualStructure", "removed_structure_index"]
 
 #: Index above which the difference image is taken to contain anatomy (chosen on the benchmark's tuning set).
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 1.0
 
 
 @dataclass(frozen=True)
