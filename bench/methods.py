@@ -222,10 +222,13 @@ def method_key(method: str, ctx: Context) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def run_method(method: str, ctx: Context, cache_tag: str | None = None, fresh: bool = False) -> Outcome:
+def run_method(
+    method: str, ctx: Context, cache_tag: str | None = None, fresh: bool = False, cached_only: bool = False
+) -> Outcome:
     """Run one method (or reuse its cached output); a failure becomes a table note, not an exception.
 
     ``cache_tag`` names the input (case, split, preset, seed); ``None`` disables the cache.
+    ``cached_only``: never compute; a method without a cached output gets a note instead.
     """
     path = None
     if cache_tag is not None and method != "noisy":
@@ -235,6 +238,8 @@ def run_method(method: str, ctx: Context, cache_tag: str | None = None, fresh: b
             info = json.loads(meta.read_text())
             log(f"{method}: reusing cached output {path.name} (computed {info.get('date', '?')})")
             return Outcome(np.load(path), float(info["seconds"]), str(info["device"]), str(info.get("note", "")))
+    if cached_only and method != "noisy":
+        return Outcome(None, 0.0, "–", "not run here (no cached output; run bench.quality first)")
     try:
         out = RUNNERS[method](ctx)
     except Exception as exc:  # any failure of a method is reported in its row

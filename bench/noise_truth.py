@@ -97,6 +97,7 @@ def case_table(
     seed: int,
     steps: int,
     device: str,
+    cached_only: bool = False,
 ) -> list[str]:
     """Markdown section of one case: truth and every estimator for every method output."""
     import nsn2n
@@ -122,7 +123,7 @@ def case_table(
     ]
     for method in methods:
         ctx = Context(vol, noisy, steps, None, device, nsn2n.DenoiseConfig(), store.preset, sigma_hat, tuned)
-        out = run_method(method, ctx, cache_tag=f"{name}-{split}-{store.preset}-s{seed}")
+        out = run_method(method, ctx, cache_tag=f"{name}-{split}-{store.preset}-s{seed}", cached_only=cached_only)
         if out.denoised is None:
             lines.append(f"| {METHODS[method]} | {out.note} |")
             continue
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="NS-N2N training steps (default 100)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cached-only", action="store_true", help="use only outputs bench.quality already cached")
     p.add_argument("--out", type=Path, default=None, help="markdown table (+ .log beside it)")
     args = p.parse_args(argv)
     with log_beside(args.out):
@@ -170,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
         for name in names:
-            lines += case_table(args.split, name, store, args.methods.split(","), estimators, seed, args.steps, device)
+            lines += case_table(
+                args.split, name, store, args.methods.split(","), estimators, seed, args.steps, device, args.cached_only
+            )
             if args.out:
                 write_lines(args.out, lines)
         lines += [

@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="NS-N2N training steps (default 100)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--cached-only", action="store_true", help="use only outputs bench.quality already cached")
     p.add_argument("--out", type=Path, default=None, help="markdown table (+ .log beside it)")
     args = p.parse_args(argv)
+    cached_only = args.cached_only
     with log_beside(args.out):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(name)s] %(message)s")
         import nsn2n
@@ -85,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                     ctx = Context(
                         vol, noisy, args.steps, None, device, nsn2n.DenoiseConfig(), "default", sigma_hat, tuned
                     )
-                    result = run_method(method, ctx, cache_tag=f"{name}-{args.split}-default-s{seed}")
+                    tag = f"{name}-{args.split}-default-s{seed}"
+                    result = run_method(method, ctx, cache_tag=tag, cached_only=cached_only)
                     if result.denoised is None:
                         lines.append(f"| {name} | {label[method]} | {result.note} | | | | |")
                         continue
