@@ -27,6 +27,7 @@ Estimators included:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import logging
 import sys
@@ -44,18 +45,32 @@ from bench.report import log_beside, machine_header, write_lines
 Estimator = Callable[..., tuple[float, float]]
 
 
-def product_estimator(noisy: np.ndarray, denoised: np.ndarray, *, spacing, modality: str) -> tuple[float, float]:
-    """The app's figures: paired-slice MAD on matched pixels of the noisy volume's weight maps."""
+_MAPS: dict[tuple, tuple] = {}
+
+
+def _weight_maps_of(noisy: np.ndarray, modality: str) -> tuple:
+    """(weights, valid) of the default config for a noisy volume, computed once per volume."""
     import torch
 
     import nsn2n
     from nsn2n import api
+
+    key = (modality, noisy.shape, hashlib.sha256(np.ascontiguousarray(noisy).tobytes()).hexdigest())
+    if key not in _MAPS:
+        valid, _, normalised = api._prepare(noisy, None, modality.upper(), None)
+        cfg = nsn2n.DenoiseConfig(device="cpu")
+        maps = api._weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), cfg)
+        _MAPS.clear()
+        _MAPS[key] = (maps.weights, valid)
+    return _MAPS[key]
+
+
+def product_estimator(noisy: np.ndarray, denoised: np.ndarray, *, spacing, modality: str) -> tuple[float, float]:
+    """The app's figures: paired-slice MAD on matched pixels of the noisy volume's weight maps."""
     from nsn2n.noise import paired_slice_noise_sigma
 
-    cfg = nsn2n.DenoiseConfig(device="cpu")
-    valid, _, normalised = api._prepare(noisy, None, modality.upper(), None)
-    maps = api._weight_maps(torch.from_numpy(normalised), torch.from_numpy(valid), cfg)
-    return paired_slice_noise_sigma(noisy, maps.weights, valid), paired_slice_noise_sigma(denoised, maps.weights, valid)
+    weights, valid = _weight_maps_of(noisy, modality)
+    return paired_slice_noise_sigma(noisy, weights, valid), paired_slice_noise_sigma(denoised, weights, valid)
 
 
 def flat_roi_estimator(noisy: np.ndarray, denoised: np.ndarray, *, spacing, modality: str) -> tuple[float, float]:
