@@ -10,6 +10,10 @@ fills, or computed), the truth is known:
 * true error after = RMS of ``denoised - clean`` in the same mask;
 * true reduction = 1 - after / before.
 
+On the real CT cases the clean reference carries its own noise (about 20-30 HU, stated in the quality
+tables), so "true after" includes it and the true reduction of the injected noise is understated there;
+the MR cases (noise-free template) and lung1 (about 10 HU of its own) are the cleanest checks.
+
 An **estimator** is any function ``(noisy, denoised, *, spacing, modality) -> (before, after)`` that
 sees what the product sees (never the clean volume or the mask). The table gives each estimator's
 before / after / reduction and the relative error of its reduction, ``(estimated - true) / |true|``:
