@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import time
 from pathlib import Path
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="markdown table (+ .log beside it)")
     args = p.parse_args(argv)
     with log_beside(args.out):
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(name)s] %(message)s")
         deadline = time.time() + args.deadline_s
         store = cases.CaseStore("full" if args.full else "default", args.workers)
         steps = args.steps or (None if args.full else 100)
