@@ -163,7 +163,7 @@ def gaussian_smooth(noisy: np.ndarray, sigma_px: float = 2.0) -> np.ndarray:
 
 
 def through_slice_mean(noisy: np.ndarray, n: int = 3) -> np.ndarray:
-    """Naive through-slice average of ``n`` neighbouring slices (edges: the slices that exist).
+    """Naive through-slice average of ``n`` neighbouring slices (the end slices are repeated at the ends).
 
     Halves noise variance by ``n`` where slices are independent, and blurs any anatomy that changes
     between slices: the floor a neighbouring-slice method must beat.

@@ -2,7 +2,7 @@
 
 Run from the repository root (``nice -n 10`` on a shared machine):
 
-    python -m bench.quality                                   # report set, 3 seeds, every method
+    python -m bench.quality                                   # report set, 3 seeds, all but no-mask/oracle
     python -m bench.quality --split tuning                    # the tuning set (choose defaults here only)
     python -m bench.quality --quick --seeds 1                 # smoke run: 8-slice slabs, 5 steps
     python -m bench.quality --cases ct-thin,lung1 --methods noisy,nsn2n,nlm3d --steps 300
