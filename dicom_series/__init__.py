@@ -28,27 +28,34 @@ from dicom_series.reader import (
     stored_dtype,
     stored_value_range,
 )
-from dicom_series.writer import OutputFolderError, write_series_atomically
+from dicom_series.stacks import STACK_ATTRIBUTES, Stack, duplicate_note, split_stacks
+from dicom_series.writer import OutputFolderError, WriteStopped, remove_temporary_folders, write_series_atomically
 
 __all__ = [
     "DEFAULT_SERIES_NUMBER_OFFSET",
     "IMPLEMENTATION_CLASS_UID",
     "SOFTWARE_NAME",
+    "STACK_ATTRIBUTES",
     "DerivedSeriesOptions",
     "DicomReadError",
     "EncapsulatedPdfOptions",
     "OutputFolderError",
     "SeriesError",
     "SourceSeries",
+    "Stack",
+    "WriteStopped",
     "build_derived_series",
     "build_encapsulated_pdf",
     "check_series_description",
     "derived_series_number",
+    "duplicate_note",
     "group_series",
     "load_series",
     "padding_bounds",
     "read_dicom_folder",
+    "remove_temporary_folders",
     "rescale_parameters",
+    "split_stacks",
     "stored_dtype",
     "stored_value_range",
     "write_series_atomically",
