@@ -1,5 +1,6 @@
-"""Holoscan-free DICOM I/O for nsn2n-denoise: read a single-frame CT/MR series, build the derived
-(denoised) series and an Encapsulated PDF report, and write them atomically.
+"""Holoscan-free DICOM I/O for nsn2n-denoise: read a single-frame CT/MR series (split into 3-D stacks
+when it holds several images per position), build the derived (denoised) series and an Encapsulated PDF
+report, and write them atomically.
 
 Depends only on pydicom, highdicom and numpy, so it can be tested without MONAI Deploy; the
 application's operators are thin adapters around it.
@@ -28,7 +29,7 @@ from dicom_series.reader import (
     stored_dtype,
     stored_value_range,
 )
-from dicom_series.stacks import STACK_ATTRIBUTES, Stack, duplicate_note, split_stacks
+from dicom_series.stacks import STACK_ATTRIBUTES, Stack, duplicate_note, split_stacks, stack_series_description
 from dicom_series.writer import OutputFolderError, WriteStopped, remove_temporary_folders, write_series_atomically
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "remove_temporary_folders",
     "rescale_parameters",
     "split_stacks",
+    "stack_series_description",
     "stored_dtype",
     "stored_value_range",
     "write_series_atomically",

@@ -37,7 +37,14 @@ from pydicom.dataset import Dataset
 
 from dicom_series.reader import DUPLICATE_POSITION_TOLERANCE_MM, ORIENTATION_TOLERANCE
 
-__all__ = ["ORIENTATION_KEYWORD", "STACK_ATTRIBUTES", "Stack", "duplicate_note", "split_stacks"]
+__all__ = [
+    "ORIENTATION_KEYWORD",
+    "STACK_ATTRIBUTES",
+    "Stack",
+    "duplicate_note",
+    "split_stacks",
+    "stack_series_description",
+]
 
 #: Attributes that tell the images at one position apart, in the order they are tried, with the label a
 #: stack gets from each: Echo Numbers (0018,0086), Echo Time (0018,0081), Diffusion b-value (0018,9087),
@@ -113,6 +120,16 @@ def duplicate_note(items: Sequence[Item], *, min_slices: int) -> str:
         f"{which} does not split the series into 3-D stacks: some stack would hold several images at one "
         f"position or fewer than {min_slices} images"
     )
+
+
+def stack_series_description(description: str, label: str, max_length: int = 64) -> str:
+    """The Series Description of a stack's derived series: ``"<description> [<label>]"``, the description
+    shortened so that the whole fits Series Description (0008,103E), LO, 64 characters (PS3.5 6.2);
+    ``description`` as it is for a series that is not split (``label == ""``)."""
+    if not label:
+        return description
+    suffix = f" [{label}]"[:max_length]
+    return description[: max_length - len(suffix)].rstrip() + suffix
 
 
 def _plane(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
