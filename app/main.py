@@ -26,11 +26,13 @@ __all__ = ["cli", "main"]
 log = logging.getLogger(__name__)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, unblock_signals: bool = True) -> int:
     """Run the application; returns the process exit code (see ``operators/exit_status.py``).
 
     SIGTERM and SIGINT are blocked first, before numpy and torch start their threads, and received by a
-    watcher thread for the whole run (``app/signals.py``).
+    watcher thread for the whole run (``app/signals.py``). ``unblock_signals``: unblock them on return,
+    for a caller that goes on; :func:`cli` does not, so that a signal during the interpreter's shutdown
+    (Holoscan's teardown takes seconds) changes neither the exit code nor the last log line.
     """
     previous = block_stop_signals()
     try:
@@ -42,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with SignalWatcher(stop, functools.partial(_stop_now, status)):
             return _run(sdk_argv(argv, level), stop, status)
     finally:
-        restore_signals(previous)
+        if unblock_signals:
+            restore_signals(previous)
 
 
 def _run(argv: list[str], stop: StopRequest, status: ExitStatus) -> int:
@@ -120,4 +123,4 @@ def _stop_now(status: ExitStatus, signal_number: int) -> NoReturn:
 def cli() -> NoReturn:
     """``python app`` and the ``nsn2n-denoise`` console command (pyproject ``[project.scripts]``): one entry,
     so both behave the same. ``argv[0]`` is the interpreter, as the SDK's parser expects."""
-    sys.exit(main([sys.executable, *sys.argv]))
+    sys.exit(main([sys.executable, *sys.argv], unblock_signals=False))

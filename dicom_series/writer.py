@@ -117,7 +117,16 @@ def _ensure_output_dir(output_dir: Path) -> None:
     except OSError as exc:
         raise OutputFolderError(f"Output folder {output_dir} cannot be created: {exc.strerror or exc}") from exc
     if not _writable_dir(output_dir):
-        raise OutputFolderError(f"Output folder {output_dir} is not writable")
+        number = errno.EROFS if _on_read_only_file_system(output_dir) else errno.EACCES
+        cause = OSError(number, os.strerror(number), str(output_dir))
+        raise OutputFolderError(f"Output folder {output_dir} is not writable") from cause
+
+
+def _on_read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 #: Errors creating the sibling temporary folder after which the folder inside the output is tried: the

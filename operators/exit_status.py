@@ -87,7 +87,8 @@ def one_line(text: str) -> str:
 
 
 def errno_of(exc: BaseException) -> int | None:
-    """The OS error number behind ``exc``: its own, or that of an exception it was raised from.
+    """The OS error number behind ``exc``: its own, or that of an exception it was raised from (its cause,
+    or its context unless suppressed with ``from None``).
 
     pydicom re-raises an ``OSError`` inside ``save_as`` as a new ``OSError`` without ``errno``; the
     original is its ``__cause__``.
@@ -98,7 +99,10 @@ def errno_of(exc: BaseException) -> int | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno:
             return current.errno
-        current = current.__cause__ or current.__context__
+        if current.__cause__ is not None:
+            current = current.__cause__
+        else:
+            current = None if current.__suppress_context__ else current.__context__
     return None
 
 
