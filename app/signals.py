@@ -54,9 +54,21 @@ def block_stop_signals() -> set[signal.Signals]:
 def restore_signals(previous: set[signal.Signals]) -> None:
     """Undo :func:`block_stop_signals` (for a caller that goes on after ``app.main.main``). A stop signal
     that arrived after the watcher ended is taken first, with a warning: the run it was meant for is over."""
-    while (late := signal.sigtimedwait(STOP_SIGNALS, 0)) is not None:
-        log.warning("received %s after the run ended", signal_name(late.si_signo))
+    while (late := _wait(0)) is not None:
+        log.warning("received %s after the run ended", signal_name(late))
     signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _wait(timeout_s: float) -> int | None:
+    """A pending stop signal (its number), waiting at most ``timeout_s``; ``None`` when none came.
+
+    CPython 3.11's ``sigtimedwait`` returns an uninitialised ``struct_siginfo`` instead of ``None`` when the
+    wait is interrupted (EINTR) after its deadline: anything but a stop signal is no signal.
+    """
+    received = signal.sigtimedwait(STOP_SIGNALS, timeout_s)
+    if received is None or received.si_signo not in STOP_SIGNALS:
+        return None
+    return received.si_signo
 
 
 class SignalWatcher:
@@ -89,9 +101,9 @@ class SignalWatcher:
 
     def _watch(self) -> None:
         while not self._closed.is_set():
-            received = signal.sigtimedwait(STOP_SIGNALS, _POLL_S)
+            received = _wait(_POLL_S)
             if received is not None:
-                self._received(received.si_signo)
+                self._received(received)
 
     def _received(self, signal_number: int) -> None:
         name = signal_name(signal_number)

@@ -181,3 +181,32 @@ def test_check_paths_reports_relations_before_writability(layout: Path) -> None:
     with pytest.raises(FolderRelationError):
         check_paths(argv, env={})
     assert not (layout / "in" / "out").exists(), "nothing is created"
+
+
+# --------------------------------------------------------------------------------------------------
+# The signal watcher (app/signals.py) without real signals; with them: tests/test_app_faults.py
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_interrupted_wait_is_no_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython 3.11's sigtimedwait returns an uninitialised siginfo after EINTR past its deadline."""
+    import app.signals
+
+    class Garbage:
+        si_signo = -284294016
+
+    monkeypatch.setattr(app.signals.signal, "sigtimedwait", lambda signals, timeout: Garbage())
+    assert app.signals._wait(0.2) is None
+
+
+def test_the_first_signal_asks_to_stop_and_the_second_ends_at_once() -> None:
+    from app.signals import SignalWatcher
+
+    stop, ended = StopRequest(), []
+    watcher = SignalWatcher(stop, ended.append, grace_s=0.3)
+    watcher._received(signal.SIGTERM)
+    assert stop.requested and stop.signal_number == signal.SIGTERM and ended == []
+    watcher._received(signal.SIGINT)
+    assert ended == [signal.SIGTERM], "a second signal ends the run at once, with the first one's code"
+    watcher._timer.join(2)
+    assert ended == [signal.SIGTERM, signal.SIGTERM], "and so does the grace time running out"
