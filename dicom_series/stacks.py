@@ -10,8 +10,10 @@ of the source series + offset like every derived series of that source).
 The rule (:func:`split_stacks`), in this order:
 
 1. Orientation: instances whose Image Orientation (Patient) (0020,0037) differs by more than
-   ``ORIENTATION_TOLERANCE`` are separate stacks, when each holds at least ``min_slices`` images (a stray
-   image of another orientation is not a stack: the reader then reports the inconsistent orientation).
+   ``ORIENTATION_TOLERANCE`` are separate stacks, when each holds at least ``min_slices`` images and the
+   orientations differ by at least :data:`MIN_STACK_ANGLE_DEG` (a stray image of another orientation, or
+   orientations that wobble by a fraction of a degree, are not stacks: the reader then reports the
+   inconsistent orientation).
 2. Within one orientation, only when two images share a position along the slice normal: the stacks are
    the values of the first attribute of :data:`STACK_ATTRIBUTES` that gives every stack one image per
    position and at least ``min_slices`` images, else of all the attributes that vary, taken together. An
@@ -38,6 +40,7 @@ from pydicom.dataset import Dataset
 from dicom_series.reader import DUPLICATE_POSITION_TOLERANCE_MM, ORIENTATION_TOLERANCE
 
 __all__ = [
+    "MIN_STACK_ANGLE_DEG",
     "ORIENTATION_KEYWORD",
     "STACK_ATTRIBUTES",
     "Stack",
@@ -58,6 +61,9 @@ STACK_ATTRIBUTES: tuple[tuple[str, str], ...] = (
 )
 #: The keyword of a stack made by orientation (step 1 of the rule).
 ORIENTATION_KEYWORD = "ImageOrientationPatient"
+#: Stacks of different orientation differ at least this much (degrees) in a row or column direction;
+#: smaller differences are one stack with inconsistent orientations, not two acquisitions.
+MIN_STACK_ANGLE_DEG = 5.0
 #: A slice normal this close to a patient axis (|cosine|) names the plane axial, coronal or sagittal.
 _NAMED_PLANE_COSINE = 0.9
 
@@ -97,7 +103,7 @@ def split_stacks(items: Sequence[Item], *, min_slices: int) -> list[Stack]:
     groups = _orientation_groups([plane[0] for plane in planes])
     if len(groups) == 1:
         return _split_positions(items, [plane[1] for plane in planes], min_slices)
-    if any(len(group) < min_slices for group in groups):
+    if any(len(group) < min_slices for group in groups) or not _distinct([planes[g[0]][0] for g in groups]):
         return [Stack(items)]
     stacks = []
     names = _plane_names([planes[group[0]][0] for group in groups])
@@ -155,6 +161,17 @@ def _orientation_groups(orientations: list[np.ndarray]) -> list[list[int]]:
         else:
             groups.append([i])
     return groups
+
+
+def _distinct(orientations: list[np.ndarray]) -> bool:
+    """Whether every two orientations differ by at least :data:`MIN_STACK_ANGLE_DEG` in a direction."""
+    limit = np.cos(np.radians(MIN_STACK_ANGLE_DEG))
+    for i, a in enumerate(orientations):
+        for b in orientations[i + 1 :]:
+            cosines = [float(a[k : k + 3] @ b[k : k + 3]) for k in (0, 3)]
+            if min(cosines) > limit:
+                return False
+    return True
 
 
 def _plane_names(orientations: list[np.ndarray]) -> list[str]:

@@ -23,6 +23,7 @@ outcome. Selecting tests with ``-k`` runs only their scenarios.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -126,11 +127,23 @@ def study(folder: Path, shapes: list[tuple[int, int, int]]) -> list[str]:
 class AppProcess:
     """The application in a subprocess whose log is read line by line while it runs."""
 
-    def __init__(self, input_dir: Path, output: Path, work: Path, env: dict[str, str], fault: str | None) -> None:
+    def __init__(
+        self,
+        input_dir: Path,
+        output: Path,
+        work: Path,
+        env: dict[str, str],
+        fault: str | None,
+        command: list[str] | None = None,
+    ) -> None:
+        """``python app -i input_dir -o output -w work`` (through :data:`RUNNER` with a ``fault``), or
+        ``command`` as it is (the folders then come from ``env``)."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NSN2N_", "HOLOSCAN_"))}
         full_env.update(FAST_ENV, PYTHONUNBUFFERED="1", **env)
         args = ["-i", str(input_dir), "-o", str(output), "-w", str(work)]
-        if fault is None:
+        if command is not None:
+            cmd = command
+        elif fault is None:
             cmd = [sys.executable, str(REPO / "app"), *args]
         else:
             cmd = [sys.executable, "-c", RUNNER, str(REPO), fault, *args]
@@ -390,6 +403,36 @@ def a_run_that_does_not_stop(root: Path) -> Outcome:
 
 
 @scenario
+def sigterm_through_the_map_entrypoint(root: Path) -> Outcome:
+    """``docker stop`` signals PID 1, the MAP entrypoint map/tools.sh, which forwards it to the application;
+    the folders are the MAP's (work ``/var/holoscan`` holds ``input/`` and ``output/``)."""
+    var = root / "var" / "holoscan"
+    uids = study(var / "input", [(6, 32, 32), (6, 32, 32)])
+    digest = folder_digest(var / "input")
+    manifest = json.loads((REPO / "map" / "app.json").read_text(encoding="utf-8"))
+    manifest["command"] = json.dumps([sys.executable, str(REPO / "app")])
+    (root / "app.json").write_text(json.dumps(manifest), encoding="utf-8")
+    env = {
+        **QUICK,
+        **LONG_TRAINING,
+        "HOLOSCAN_APP_MANIFEST_PATH": str(root / "app.json"),
+        "HOLOSCAN_CONFIG_PATH": str(REPO / "app.yaml"),
+        "HOLOSCAN_INPUT_PATH": str(var / "input"),
+        "HOLOSCAN_OUTPUT_PATH": str(var / "output"),
+        "HOLOSCAN_WORKDIR": str(var),
+        "HOLOSCAN_MODEL_PATH": str(root / "models"),
+    }
+    app = AppProcess(var / "input", var / "output", var, env, None, command=[str(REPO / "map" / "tools.sh")])
+    seconds = _signal_after(app, "NS-N2N training on this series", signal.SIGTERM)
+    unchanged = folder_digest(var / "input") == digest
+    outcome = Outcome(
+        app.proc.returncode, app.log, derived_series(var / "output"), uids, unchanged, var / "output", var
+    )
+    outcome.seconds_to_stop, outcome.seconds_to_exit = seconds
+    return outcome
+
+
+@scenario
 def two_runs_into_one_output_folder(root: Path) -> Outcome:
     """Same input, same output and work folder, started together."""
     uids = study(root / "in", [(6, 32, 32)])
@@ -523,6 +566,17 @@ def test_a_run_that_does_not_stop(outcomes: dict[str, Future]) -> None:
     assert out.seconds_to_stop is not None and 4.5 < out.seconds_to_stop < 10.0, f"{out.seconds_to_stop:.1f} s"
     assert "the run did not stop by itself within the grace time" in line
     assert "removed the temporary folder" in out.log
+    assert out.derived == {}
+
+
+def test_sigterm_through_the_map_entrypoint(outcomes: dict[str, Future]) -> None:
+    """The entrypoint's exit code is the application's; the first series, in training, is not written."""
+    out = _result(outcomes, "sigterm_through_the_map_entrypoint")
+    line = last_line(out.log, 143)
+    assert out.code == 143
+    assert "stopped by signal SIGTERM (exit code 143); 0 series written, 2 not written" in line
+    assert "application exited with 143" in out.log, "tools.sh waited for the application"
+    assert out.seconds_to_exit is not None and out.seconds_to_exit < 15.0
     assert out.derived == {}
 
 

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_series import SeriesError, Stack, load_series, split_stacks
-from tests.dicom_factory import AXIAL, SAGITTAL, make_mr_datasets, make_phantom
+from tests.dicom_factory import AXIAL, SAGITTAL, make_mr_datasets, make_phantom, oblique_orientation
 
 MIN = 3
 STUDY, FRAME_OF_REFERENCE = str(generate_uid()), str(generate_uid())
@@ -139,6 +139,21 @@ def test_one_stray_image_of_another_orientation_is_not_a_stack(uid: str) -> None
     items = [(None, ds) for ds in _stack(series_uid=uid) + _stack(series_uid=uid, orientation=SAGITTAL, slices=1)]
     assert split_stacks(items, min_slices=MIN) == [Stack(items)]
     with pytest.raises(SeriesError, match=r"inconsistent Image Orientation \(Patient\)"):
+        load_series(items, min_slices=MIN)
+
+
+def test_orientations_that_wobble_are_not_stacks(uid: str) -> None:
+    """Two orientations 0.5 degrees apart (beyond the reader's tolerance): one series with inconsistent
+    orientation, reported as such, not two stacks of alternate slices."""
+    tilted = oblique_orientation(0.5)
+
+    def wobble(k: int, ds: Dataset) -> None:
+        if k % 2:
+            ds.ImageOrientationPatient = [f"{v:.6f}" for v in tilted]
+
+    items = [(None, ds) for ds in _stack(series_uid=uid, slices=8, mutate=wobble)]
+    assert split_stacks(items, min_slices=MIN) == [Stack(items)]
+    with pytest.raises(SeriesError, match="inconsistent Image Orientation"):
         load_series(items, min_slices=MIN)
 
 
