@@ -9,8 +9,9 @@ Pipeline (one operator a file in ``operators/``)::
                                                               series_done (feedback) -+
 
 Each series is loaded, denoised, written and released before the queue emits the next one (see
-``operators/series_queue_operator.py``). The run's exit status is the one object the operators share
-(``operators/exit_status.py``); everything else moves through the ports.
+``operators/series_queue_operator.py``). The run's exit status and its stop request (set by a signal,
+``app/signals.py``) are the objects the operators share (``operators/exit_status.py``); everything else
+moves through the ports.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from app.paths import DEFAULT_WORKDIR
 from app.settings import AppSettings, load_settings
 from operators.derived_series_writer_operator import DerivedSeriesWriterOperator
 from operators.dicom_loader_operator import StudyLoaderOperator
-from operators.exit_status import ExitStatus
+from operators.exit_status import ExitStatus, StopRequest
 from operators.nsn2n_operator import NSN2NDenoiseOperator
 from operators.series_queue_operator import SeriesQueueOperator
 from operators.series_to_volume_operator import SeriesToVolumeOperator
@@ -58,11 +59,21 @@ class NSN2NDenoiseApp(Application):
     Args:
         argv: command line (``[python, app, -i IN, -o OUT, ...]``); Holoscan drops ``argv[0]``.
         settings: validated settings; ``None`` reads app.yaml and ``NSN2N_*`` environment variables.
+        stop: the run's stop request (``app.main`` sets it from a signal); ``None``: a fresh one.
+        status: where the run's outcome is recorded; ``None``: a fresh one (``self.status``).
     """
 
-    def __init__(self, *args, settings: AppSettings | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        settings: AppSettings | None = None,
+        stop: StopRequest | None = None,
+        status: ExitStatus | None = None,
+        **kwargs,
+    ) -> None:
         self.settings = settings
-        self.status = ExitStatus()
+        self.status = status or ExitStatus()
+        self.stop = stop or StopRequest()
         super().__init__(*args, **kwargs)
 
     def compose(self) -> None:
@@ -87,10 +98,13 @@ class NSN2NDenoiseApp(Application):
         selector = DICOMSeriesSelectorOperator(
             self, rules=selection_rules(settings.modalities), all_matched=True, name="series_selector"
         )
-        queue = SeriesQueueOperator(self, modalities=settings.modalities, name="series_queue")
-        to_volume = SeriesToVolumeOperator(self, strict=settings.strict, name="series_to_volume")
+        queue = SeriesQueueOperator(
+            self, modalities=settings.modalities, status=self.status, stop=self.stop, name="series_queue"
+        )
+        to_volume = SeriesToVolumeOperator(self, strict=settings.strict, stop=self.stop, name="series_to_volume")
         denoiser = NSN2NDenoiseOperator(
             self,
+            stop=self.stop,
             config=settings.algorithm,
             workdir=workdir,
             strict=settings.strict,
@@ -102,6 +116,7 @@ class NSN2NDenoiseApp(Application):
         writer = DerivedSeriesWriterOperator(
             self,
             status=self.status,
+            stop=self.stop,
             output_folder=output_path,
             workdir=workdir,
             series_description=settings.series_description,

@@ -9,6 +9,14 @@ else ``HOLOSCAN_INPUT_PATH`` / ``HOLOSCAN_OUTPUT_PATH`` / ``HOLOSCAN_WORKDIR``, 
 checked first: a missing input folder is an input error (exit code 3), an output or work folder that
 cannot be created or written is an output error (exit code 4), each with a one-line message naming the
 folder. Nothing is created here.
+
+Folder relations (:func:`check_folder_relations`, exit code 2, a message naming both folders): the input
+folder is only read, and the output folder holds DICOM only, so the folders this run writes into, the
+output folder and ``<work>/nsn2n`` (where the run records, models and montages go), must be neither the
+input folder, nor inside it, nor hold it; and they must not be one inside the other. Paths are compared
+after resolving symbolic links. The work folder itself may hold the input folder: the MAP's default
+layout is ``/var/holoscan`` (work) with ``/var/holoscan/input`` and ``/var/holoscan/output`` in it, and
+``/var/holoscan/nsn2n`` touches neither.
 """
 
 from __future__ import annotations
@@ -18,12 +26,29 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from operators.exit_status import InputError, OutputError
+from operators.exit_status import EXIT_CONFIG, InputError, OutputError, RunError
 
-__all__ = ["DEFAULT_WORKDIR", "check_paths", "check_writable_folder", "resolve_paths"]
+__all__ = [
+    "DEFAULT_WORKDIR",
+    "WORK_SUBFOLDER",
+    "FolderRelationError",
+    "check_folder_relations",
+    "check_paths",
+    "check_writable_folder",
+    "resolve_paths",
+]
 
 #: Work folder (under the current folder) when neither ``-w`` nor ``HOLOSCAN_WORKDIR`` is given.
 DEFAULT_WORKDIR = "nsn2n-work"
+#: The folder of the work folder the application writes into (``operators.series_job.series_workdir``).
+WORK_SUBFOLDER = "nsn2n"
+
+
+class FolderRelationError(RunError):
+    """The output or work folder is, is inside, or holds the input folder, or they overlap: a
+    configuration (command line) error."""
+
+    exit_code = EXIT_CONFIG
 
 
 class _Unparsable(Exception):
@@ -70,8 +95,63 @@ def check_writable_folder(path: Path, role: str) -> None:
         raise OutputError(f"{role} folder {path} cannot be written{where}")
 
 
+_PHRASES = {"is": "is the same folder as the", "is inside": "is inside the", "holds": "holds the"}
+
+
+def _relation(a: Path, b: Path) -> str | None:
+    """How resolved path ``a`` relates to ``b``: ``"is"``, ``"is inside"``, ``"holds"`` or ``None``."""
+    if a == b:
+        return "is"
+    if a.is_relative_to(b):
+        return "is inside"
+    if b.is_relative_to(a):
+        return "holds"
+    return None
+
+
+def _resolved_note(pairs: list[tuple[Path, Path]]) -> str:
+    """`` (resolved: ...)`` when resolving symbolic links changed a path, so the message explains itself."""
+    changed = [f"{given} -> {resolved}" for given, resolved in pairs if Path(given) != resolved]
+    return f" (symbolic links resolved: {', '.join(changed)})" if changed else ""
+
+
+def check_folder_relations(input_path: Path, output_path: Path, workdir: Path) -> None:
+    """Raise :class:`FolderRelationError` when the folders written into touch the input or each other.
+
+    See the module docstring for the rule; symbolic links are resolved (``Path.resolve``, also for folders
+    that do not exist yet).
+    """
+    source, output, work = (Path(p).resolve() for p in (input_path, output_path, workdir))
+    note = _resolved_note([(input_path, source), (output_path, output), (workdir, work)])
+    relation = _relation(output, source)
+    if relation is not None:
+        raise FolderRelationError(
+            f"output folder {output_path} {_PHRASES[relation]} input folder {input_path}{note}: the input "
+            "folder is only read; choose an output folder outside it"
+        )
+    if _relation(work / WORK_SUBFOLDER, source) is not None:
+        raise FolderRelationError(
+            f"work folder {workdir} {_PHRASES[_relation(work, source) or 'holds']} input folder {input_path}"
+            f"{note}: the application writes into {Path(workdir) / WORK_SUBFOLDER}, and the input folder is "
+            "only read; choose a work folder outside it"
+        )
+    if output == work:
+        raise FolderRelationError(
+            f"output folder {output_path} is the same folder as the work folder {workdir}{note}: the output "
+            "folder holds DICOM only; choose two different folders"
+        )
+    relation = _relation(work / WORK_SUBFOLDER, output)
+    if relation is not None:
+        raise FolderRelationError(
+            f"work folder {workdir} {_PHRASES[_relation(work, output) or 'holds']} output folder {output_path}"
+            f"{note}: the application writes run records and models into {Path(workdir) / WORK_SUBFOLDER}, and "
+            "the output folder holds DICOM only; choose a work folder outside it"
+        )
+
+
 def check_paths(argv: Sequence[str], env: Mapping[str, str] | None = None, default_workdir: Path | None = None) -> None:
-    """Raise :class:`InputError` (missing input folder) or :class:`OutputError` (output or work folder)."""
+    """Raise :class:`InputError` (missing input folder), :class:`FolderRelationError` (folders that touch
+    the input or each other) or :class:`OutputError` (output or work folder not writable)."""
     paths = resolve_paths(argv, env, default_workdir)
     if paths is None:
         return
@@ -79,5 +159,6 @@ def check_paths(argv: Sequence[str], env: Mapping[str, str] | None = None, defau
     if not input_path.is_dir():
         what = "is not a folder" if input_path.exists() else "does not exist"
         raise InputError(f"input folder {what}: {input_path}")
+    check_folder_relations(input_path, output_path, workdir)
     check_writable_folder(output_path, "output")
     check_writable_folder(workdir, "work")

@@ -351,7 +351,8 @@ def load_series(
         min_slices: fewest slices accepted (at least 2: the slice spacing is measured between positions).
 
     Returns:
-        The series sorted along its slice normal, with its volume in modality units.
+        The series sorted along its slice normal, with its volume in modality units. Findings that do not
+        stop denoising are in its ``warnings`` (not logged here: the caller logs them once, with its context).
 
     Raises:
         SeriesError: instances of several series, enhanced/multi-frame objects, colour or float pixel data,
@@ -369,10 +370,8 @@ def load_series(
     needed = max(min_slices, MIN_POSITIONS)
     if len(items) < needed:
         raise SeriesError(series_uid, f"only {len(items)} slice(s); at least {needed} are needed")
-    geometry = _sort_along_normal(series_uid, items)
+    geometry = _sort_along_normal(series_uid, items, needed)
     volume, mask, padding_values = _decode_pixels(series_uid, geometry.items)
-    for w in geometry.warnings:
-        logger.warning("Series %s: %s", series_uid, w)
     first = geometry.items[0][1]
     return SourceSeries(
         datasets=[ds for _, ds in geometry.items],
@@ -425,7 +424,9 @@ class _SliceGeometry:
     warnings: list[str]
 
 
-def _sort_along_normal(series_uid: str, items: Sequence[tuple[Path | None, Dataset]]) -> _SliceGeometry:
+def _sort_along_normal(
+    series_uid: str, items: Sequence[tuple[Path | None, Dataset]], min_slices: int
+) -> _SliceGeometry:
     """Sort by position along the slice normal; reject duplicate, missing and irregular slices."""
     normal, pixel_spacing = _common_plane(series_uid, items)
     positions = np.asarray([[float(v) for v in ds.ImagePositionPatient] for _, ds in items], dtype=np.float64)
@@ -434,8 +435,8 @@ def _sort_along_normal(series_uid: str, items: Sequence[tuple[Path | None, Datas
     items = [items[i] for i in order]
     positions, proj = positions[order], proj[order]
     gaps = np.diff(proj)
-    median_gap = _check_gaps(series_uid, items, proj, gaps)
-    warnings = _irregularity_warnings(positions, proj, gaps, median_gap, normal, pixel_spacing)
+    median_gap = _check_gaps(series_uid, items, proj, gaps, min_slices)
+    warnings = _irregularity_warnings(positions, proj, gaps, median_gap, normal, pixel_spacing, items)
     spacing = (median_gap, pixel_spacing[0], pixel_spacing[1])
     return _SliceGeometry(items, normal, proj, gaps, spacing, warnings)
 
@@ -485,16 +486,27 @@ def _common_plane(series_uid: str, items: Sequence[tuple[Path | None, Dataset]])
 
 
 def _check_gaps(
-    series_uid: str, items: Sequence[tuple[Path | None, Dataset]], proj: np.ndarray, gaps: np.ndarray
+    series_uid: str, items: Sequence[tuple[Path | None, Dataset]], proj: np.ndarray, gaps: np.ndarray, min_slices: int
 ) -> float:
-    """Reject duplicate positions, missing slices and overlapping reconstructions; the median gap."""
+    """Reject duplicate positions, missing slices and overlapping reconstructions; the median gap.
+
+    Several images at one position are explained: which attributes could tell them apart, or which stacks
+    the series holds (``dicom_series.stacks``: a caller splits such a series before loading each stack).
+    """
     dup = np.flatnonzero(gaps < DUPLICATE_POSITION_TOLERANCE_MM)
     if dup.size:
+        from dicom_series.stacks import duplicate_note, split_stacks  # stacks builds on this module
+
         k = int(dup[0])
+        stacks = split_stacks(items, min_slices=min_slices)
+        if len(stacks) > 1:
+            note = f"the series holds {len(stacks)} stacks ({', '.join(s.label for s in stacks)}): load each one"
+        else:
+            note = duplicate_note(items, min_slices=min_slices)
         raise SeriesError(
             series_uid,
             f"duplicate slice position {proj[k]:.3f} mm: {_name(items[k][0])} and {_name(items[k + 1][0])} "
-            "are at the same position (several acquisitions, echoes or phases in one series?)",
+            f"are at the same position; {note}",
         )
     median_gap = float(np.median(gaps))
     big = np.flatnonzero(gaps > MISSING_SLICE_FACTOR * median_gap)
@@ -524,8 +536,13 @@ def _irregularity_warnings(
     median_gap: float,
     normal: np.ndarray,
     pixel_spacing: Sequence[float],
+    items: Sequence[tuple[Path | None, Dataset]],
 ) -> list[str]:
-    """Findings that do not stop denoising: slightly non-uniform gaps, a sheared (tilted) stack."""
+    """Findings that do not stop denoising: slightly non-uniform gaps, a sheared (tilted) stack.
+
+    The gap farthest from the median is named by its slices' places in spatial order and their files
+    (positions along the normal are signed and mean little to a reader).
+    """
     warnings: list[str] = []
     tolerance = max(DUPLICATE_POSITION_TOLERANCE_MM, 0.01 * median_gap)
     deviation = np.abs(gaps - median_gap)
@@ -533,7 +550,8 @@ def _irregularity_warnings(
         k = int(np.argmax(deviation))
         warnings.append(
             f"slightly non-uniform slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm "
-            f"(median {median_gap:.3f} mm; largest deviation between {proj[k]:.3f} and {proj[k + 1]:.3f} mm)"
+            f"(median {median_gap:.3f} mm); the gap farthest from the median, {gaps[k]:.3f} mm, is between "
+            f"slices {k + 1} and {k + 2} of {len(proj)} ({_name(items[k][0])} and {_name(items[k + 1][0])})"
         )
     steps = np.diff(positions, axis=0)
     in_plane = steps - np.outer(steps @ normal, normal)

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 from .api import MIN_SLICES, DenoiseResult, TrainedModel, denoise_volume
 from .config import ConfigError, DenoiseConfig
-from .errors import VolumeError
+from .errors import ShouldStop, StopRequested, VolumeError
 from .report import DenoiseReport
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "DenoiseConfig",
     "DenoiseReport",
     "DenoiseResult",
+    "ShouldStop",
+    "StopRequested",
     "TrainedModel",
     "VolumeError",
     "__version__",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ import torch
 
 from . import __version__
 from .config import ConfigError, DenoiseConfig
-from .errors import VolumeError
+from .errors import ShouldStop, VolumeError
 from .inference import denoise_slices
 from .intensity import IntensityNormalizer, output_range
 from .noise import NOISE_ESTIMATOR, paired_slice_noise_sigma
@@ -64,7 +67,13 @@ class TrainedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``nsn2n_model.pt`` (weights) and ``nsn2n_model.json`` (provenance) into ``folder``."""
+        """Write ``nsn2n_model.pt`` (weights) and ``nsn2n_model.json`` (provenance) into ``folder``.
+
+        Each file is written under a unique temporary name and renamed into place, so two processes saving
+        into the same folder never mix their files, and an interrupted save leaves the previous model. The
+        weights are serialised in memory first: ``torch.save`` to a path reports a full disk as a
+        ``RuntimeError`` without the OS error number, a plain file write as an ``OSError`` that keeps it.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -76,10 +85,10 @@ class TrainedModel:
             "normalizer": self.normalizer.as_dict(),
             **self.info,
         }
-        tmp = folder / (MODEL_FILE + ".tmp")
-        torch.save({"state_dict": self.network.state_dict(), "meta": meta}, tmp)
-        tmp.replace(folder / MODEL_FILE)
-        (folder / MODEL_INFO_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        weights = io.BytesIO()
+        torch.save({"state_dict": self.network.state_dict(), "meta": meta}, weights)
+        _replace_file(folder / MODEL_FILE, weights.getvalue())
+        _replace_file(folder / MODEL_INFO_FILE, json.dumps(meta, indent=2, default=str).encode("utf-8"))
         return folder / MODEL_FILE
 
     @staticmethod
@@ -116,6 +125,18 @@ class TrainedModel:
             modality=str(meta["modality"]),
             info={"loaded_from": str(found)},
         )
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a uniquely named temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,7 +243,11 @@ def seed_torch(config: DenoiseConfig) -> None:
 
 
 def infer_slices(
-    network: torch.nn.Module, normalised: np.ndarray, device: torch.device, config: DenoiseConfig
+    network: torch.nn.Module,
+    normalised: np.ndarray,
+    device: torch.device,
+    config: DenoiseConfig,
+    should_stop: ShouldStop | None = None,
 ) -> np.ndarray:
     """The network on every slice of a normalised volume, with the configured batch, ensemble and precision."""
     return denoise_slices(
@@ -233,6 +258,7 @@ def infer_slices(
         self_ensemble=config.self_ensemble,
         mixed_precision=config.mixed_precision,
         log_every_s=config.log_every_s,
+        should_stop=should_stop,
     )
 
 
@@ -261,6 +287,7 @@ class _Run:
     spacing: tuple[float, float, float]
     modality: str
     warnings: list[str]
+    should_stop: ShouldStop | None = None
 
 
 def denoise_volume(
@@ -272,6 +299,7 @@ def denoise_volume(
     padding_mask: np.ndarray | None = None,
     initial_model: TrainedModel | None = None,
     finetune_steps: int = 0,
+    should_stop: ShouldStop | None = None,
 ) -> DenoiseResult:
     """Denoise one volume with NS-N2N, training on the volume itself.
 
@@ -285,6 +313,8 @@ def denoise_volume(
             training and keep their exact values in the output.
         initial_model: a model from an earlier run (``-m``): with ``finetune_steps == 0`` inference only.
         finetune_steps: steps of NS-N2N fine-tuning of ``initial_model`` on this volume.
+        should_stop: cancellation hook (:data:`nsn2n.errors.ShouldStop`), asked once per training step and
+            once per inference batch, so that a host's stop request ends even a long run within a step.
 
     Returns:
         :class:`DenoiseResult`.
@@ -292,10 +322,12 @@ def denoise_volume(
     Raises:
         VolumeError: the volume cannot be denoised (fewer than 3 slices, NaNs, constant, ...).
         ConfigError: an invalid configuration (e.g. ``device="cuda"`` without a GPU).
+        StopRequested: ``should_stop`` returned ``True``.
     """
     config = config or DenoiseConfig()
     t_start = time.monotonic()
     run = _start(volume, spacing, (modality or "OT").upper(), config, padding_mask, initial_model)
+    run.should_stop = should_stop
     maps, noise_before, seconds_maps = _match_neighbours(run, config)
     network, stats, seconds_train = _train(run, maps, config, initial_model, finetune_steps)
     denoised, seconds_inference = _infer(run, network, maps, config)
@@ -407,7 +439,9 @@ def _train(
         fill=float(run.normalizer.normalised_fill),
         seed=config.seed,
     )
-    stats = train_network(network, sampler, nsn2n_step(config), config, steps=steps, device=run.device)
+    stats = train_network(
+        network, sampler, nsn2n_step(config), config, steps=steps, device=run.device, should_stop=run.should_stop
+    )
     seconds = time.monotonic() - t
     if stats.rollbacks:
         run.warnings.append(
@@ -420,7 +454,7 @@ def _train(
 def _infer(run: _Run, network: torch.nn.Module, maps: WeightMaps, config: DenoiseConfig) -> tuple[np.ndarray, float]:
     """Denoise every slice, clip the residual, return to input units; ``(denoised, seconds)``."""
     t = time.monotonic()
-    out_norm = infer_slices(network, run.normalised, run.device, config)
+    out_norm = infer_slices(network, run.normalised, run.device, config, run.should_stop)
     out_norm = clip_residual_per_pixel(
         run.normalised,
         out_norm,

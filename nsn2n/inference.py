@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import ShouldStop, StopRequested
 from .progress import ProgressLog
 
 __all__ = ["denoise_slices"]
@@ -28,8 +29,13 @@ def denoise_slices(
     self_ensemble: bool = False,
     mixed_precision: bool = True,
     log_every_s: float = 5.0,
+    should_stop: ShouldStop | None = None,
 ) -> np.ndarray:
-    """Apply ``model`` to each slice of ``volume`` (D, H, W) float32; returns float32 (D, H, W)."""
+    """Apply ``model`` to each slice of ``volume`` (D, H, W) float32; returns float32 (D, H, W).
+
+    ``should_stop`` (:data:`nsn2n.errors.ShouldStop`) is asked before every batch; :class:`StopRequested`
+    when it says so.
+    """
     model.eval()
     depth = volume.shape[0]
     out = np.empty_like(volume, dtype=np.float32)
@@ -37,6 +43,8 @@ def denoise_slices(
     progress = ProgressLog("inference", total=depth, every_s=log_every_s)
     transforms = _transforms() if self_ensemble else [(0, False)]
     for start in range(0, depth, batch):
+        if should_stop is not None and should_stop():
+            raise StopRequested(f"inference: stopped before slice {start + 1} of {depth}")
         x = torch.from_numpy(np.ascontiguousarray(volume[start : start + batch], dtype=np.float32))
         x = x.to(device).unsqueeze(1)
         acc = torch.zeros_like(x, dtype=torch.float32)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .config import DenoiseConfig
+from .errors import ShouldStop, StopRequested
 from .losses import nsn2n_loss
 from .progress import ProgressLog
 
@@ -272,8 +273,13 @@ def train_network(
     steps: int,
     device: torch.device,
     label: str = "train",
+    should_stop: ShouldStop | None = None,
 ) -> TrainingStats:
-    """Optimise ``model`` for ``steps`` steps or until the configured wall-clock budget is spent."""
+    """Optimise ``model`` for ``steps`` steps or until the configured wall-clock budget is spent.
+
+    ``should_stop`` (:data:`nsn2n.errors.ShouldStop`) is asked before every step; :class:`StopRequested`
+    when it says so.
+    """
     if steps <= 0:
         return TrainingStats(stopped_by="no_training")
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -287,6 +293,8 @@ def train_network(
     model.train()
     start = time.monotonic()
     for step in range(1, steps + 1):
+        if should_stop is not None and should_stop():
+            raise StopRequested(f"{label}: stopped before step {step} of {steps}")
         fraction = _budget_fraction(step, steps, time.monotonic() - start, time_cap)
         if fraction is None:
             stopped_by = "time_budget"

@@ -8,16 +8,25 @@ the run record (JSON), the QA montage (PNG) and the model go into the work folde
 
 The writer is the end of the pipeline, so it is where a run ends: after the last series it records the
 outcome in :class:`~operators.exit_status.ExitStatus`, and when a job arrives carrying a failure that ends
-the run (in strict mode, a series that could not be processed) it removes every folder this run wrote
-before, marks their run records as failed, and records the error: the output appears completely or not
-at all. After each series it sends the series UID back to the queue (``series_done``), which releases
+the run, or a failure happens here, it removes what must not stay (the rule: ``operators/exit_status.py``):
+the folders of the series in progress always; the complete series written before only after a failure
+of the software or the data, or in strict mode, with their run records marked as failed. A full disk,
+a read-only or removed folder or an I/O error on the output or work folder is an output error (exit
+code 4) whose one-line message names the folder and the OS error in words; a stop signal is asked before
+every file. After each series it sends the series UID back to the queue (``series_done``), which releases
 the next one.
+
+A series split into 3-D stacks (echoes, b-values, phases, orientations) gets one derived series per stack,
+with its own Series Instance UID and a Series Description that ends with the stack's label
+(``dicom_series.stack_series_description``), and one run record per stack.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,10 +41,11 @@ from dicom_series import (
     SOFTWARE_NAME,
     DerivedSeriesOptions,
     EncapsulatedPdfOptions,
-    OutputFolderError,
+    WriteStopped,
     build_derived_series,
     build_encapsulated_pdf,
     derived_series_number,
+    stack_series_description,
     stored_dtype,
     write_series_atomically,
 )
@@ -50,8 +60,8 @@ from qa_report import (
     write_run_record,
 )
 
-from .exit_status import ExitStatus, InputError, OutputError, RunError, as_run_error
-from .series_job import SeriesJob, series_workdir
+from .exit_status import ExitStatus, InputError, OutputError, RunError, StopRequest, as_run_error, require_folder
+from .series_job import SeriesJob
 
 __all__ = ["DerivedSeriesWriterOperator"]
 
@@ -69,6 +79,16 @@ class _Written:
     seconds: float  # building and writing the derived series
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """A series whose derived series (and QA report) is complete in the output."""
+
+    name: str
+    folders: list[Path]
+    record_path: Path
+    record: RunRecord
+
+
 class DerivedSeriesWriterOperator(Operator):
     """Input ``job`` (a denoised series, or one that was skipped or failed); output ``series_done``."""
 
@@ -77,6 +97,7 @@ class DerivedSeriesWriterOperator(Operator):
         fragment: Fragment,
         *args,
         status: ExitStatus,
+        stop: StopRequest,
         output_folder: Path,
         workdir: Path,
         series_description: str,
@@ -87,6 +108,7 @@ class DerivedSeriesWriterOperator(Operator):
         **kwargs,
     ) -> None:
         self.status = status
+        self.stop = stop
         self.output_folder = Path(output_folder)
         self.workdir = Path(workdir)
         self.series_description = series_description
@@ -94,8 +116,8 @@ class DerivedSeriesWriterOperator(Operator):
         self.qa_report = qa_report
         self.parameters = parameters
         self.strict = strict
-        self._folders: list[Path] = []  # every output folder this run wrote, to remove if it fails
-        self._records: list[tuple[Path, RunRecord]] = []  # run records of the series written
+        self._kept: list[_Kept] = []  # the series written, complete, in the output
+        self._current: list[Path] = []  # output folders of the series being written (not complete yet)
         self._outcomes: list[SeriesJob] = []  # every series handled (released: no volumes)
         super().__init__(fragment, *args, **kwargs)
 
@@ -105,6 +127,8 @@ class DerivedSeriesWriterOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         job: SeriesJob = op_input.receive("job")
+        if job.ok and self.stop.requested:
+            job.fatal = self.stop.error()
         if job.fatal is None:
             with job.failures_end_the_run(self.name):
                 self.handle(job)
@@ -121,16 +145,19 @@ class DerivedSeriesWriterOperator(Operator):
 
     def handle(self, job: SeriesJob) -> None:
         """Write the derived series and QA report of ``job`` (unless it was skipped), then its run record."""
+        self._current = []
         written = self.write_series(job) if job.ok else None
         record = self.record(job, written)
-        path = self.write_record(job.series_uid, record)
+        path = self.write_record(job, record)
         if written is not None:
-            self._records.append((path, record))
+            self._kept.append(_Kept(job.name, self._current, path, record))
+            self.status.written.append(job.name)
+        self._current = []
         self._outcomes.append(job)
 
     def finish(self) -> None:
         """After the last series: the run finished, or nothing was written (an input error)."""
-        written = len(self._records)
+        written = len(self._kept)
         if not written:
             raise InputError(self._nothing_written())
         log.info(
@@ -143,7 +170,7 @@ class DerivedSeriesWriterOperator(Operator):
 
     def _nothing_written(self) -> str:
         jobs = self._outcomes
-        reasons = "; ".join(f"{job.series_uid}: {job.error}" for job in jobs)
+        reasons = "; ".join(f"{job.name}: {job.error}" for job in jobs)
         if all(job.skipped_in == "load" for job in jobs):
             return f"no selected series could be converted to a volume ({reasons})"
         if all(job.skipped_in in ("load", "denoise") for job in jobs):
@@ -151,24 +178,42 @@ class DerivedSeriesWriterOperator(Operator):
         return f"no derived series was written: {reasons}"
 
     def end_run(self, error: RunError, failed: SeriesJob | None = None) -> None:
-        """A failure ends the run: remove what this run wrote, mark those run records, record the error.
+        """A failure ends the run: remove what must not stay, mark those run records, record the error.
 
-        ``failed`` is the series the failure happened to (``None`` for a failure of the run as a whole);
-        its run record gets the error itself, those of the series written before it say they were removed.
+        The folders of the series in progress are always removed. The complete series written before stay
+        when ``error.keeps_written`` (the run was stopped by its environment: a full disk, a signal) and the
+        run is not strict; otherwise they are removed too and their run records say so. ``failed`` is the
+        series the failure happened to (``None`` for a failure of the run as a whole); it is named in the
+        log and its run record gets the error itself.
         """
-        for folder in self._folders:
+        for folder in self._current:
             shutil.rmtree(folder, ignore_errors=True)
-            log.warning("removed %s written earlier in this run", folder)
-        marked = [(path, record, f"removed because the run failed: {error}") for path, record in self._records]
+            log.warning("removed %s: its series was not complete", folder)
+        self._current = []
+        marked = []
+        if self._kept and (self.strict or not error.keeps_written):
+            for kept in self._kept:
+                for folder in kept.folders:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    log.warning("removed %s written earlier in this run", folder)
+                marked.append((kept.record_path, kept.record, f"removed because the run failed: {error}"))
+            self._kept = []
+            self.status.written.clear()
+        elif self._kept:
+            log.warning(
+                "kept the %d complete derived series written before the failure: %s",
+                len(self._kept),
+                "; ".join(f"series {kept.name} in {', '.join(map(str, kept.folders))}" for kept in self._kept),
+            )
         if failed is not None and failed.series_uid is not None:
-            path = series_workdir(self.workdir, failed.series_uid) / "run.json"
-            marked.append((path, self.record(failed, None), str(error)))
+            log.warning("series %s: not written", failed.name)
+            marked.append((failed.workdir(self.workdir) / "run.json", self.record(failed, None), str(error)))
         for path, record, reason in marked:
             record = dataclasses.replace(record, status="failed", error=reason, derived=None, qa_report=None)
             try:
                 write_run_record(path, record.as_dict())
             except OSError as exc:
-                log.warning("cannot mark the run record %s as failed: %s", path, exc.strerror)
+                log.warning("cannot mark the run record %s as failed: %s", path, os.strerror(exc.errno or errno.EIO))
         self.status.fail(error)
 
     def _series_numbers(self, job: SeriesJob) -> tuple[int | None, int] | None:
@@ -182,14 +227,17 @@ class DerivedSeriesWriterOperator(Operator):
             job.skip("write", str(exc), strict=self.strict)
             return None
 
-    def _write(self, datasets, folder_name: str) -> Path:
+    def _write(self, datasets, folder_name: str, what: str) -> Path:
+        """Write one series into the output folder; ``what`` names it in an error message."""
+        action = f"write {what}"
+        require_folder(self.output_folder, "output", action)
         try:
-            folder = write_series_atomically(datasets, self.output_folder, folder_name)
-        except OutputFolderError as exc:
-            raise OutputError(str(exc)) from None
-        except PermissionError as exc:
-            raise OutputError(f"cannot write into the output folder {self.output_folder}: {exc.strerror}") from None
-        self._folders.append(folder)
+            folder = write_series_atomically(datasets, self.output_folder, folder_name, should_stop=self.stop)
+        except WriteStopped:
+            raise self.stop.error() from None
+        except OSError as exc:
+            raise OutputError.from_os_error(exc, "output", self.output_folder, action) from None
+        self._current.append(folder)
         return folder
 
     def write_series(self, job: SeriesJob) -> _Written | None:
@@ -199,17 +247,19 @@ class DerivedSeriesWriterOperator(Operator):
             return None
         t = time.monotonic()
         options = DerivedSeriesOptions(
-            series_description=self.series_description,
+            series_description=stack_series_description(
+                self.series_description, job.stack.label if job.stack is not None else ""
+            ),
             series_number=numbers[0],
             software_version=nsn2n.__version__,
         )
         datasets = build_derived_series(job.source, job.result.denoised, options)
         series_uid = str(datasets[0].SeriesInstanceUID)
-        folder = self._write(datasets, series_uid)
-        derived = DerivedSeriesInfo(series_uid, options.series_number, self.series_description, str(folder))
+        folder = self._write(datasets, series_uid, f"the derived series of series {job.name}")
+        derived = DerivedSeriesInfo(series_uid, options.series_number, options.series_description, str(folder))
         log.info(
             "series %s: derived series %s written: %d instances in %s",
-            job.series_uid,
+            job.name,
             series_uid,
             len(datasets),
             folder,
@@ -222,17 +272,22 @@ class DerivedSeriesWriterOperator(Operator):
     def write_qa(self, job: SeriesJob, derived, series_number: int, written: _Written) -> QaReportFiles:
         """The QA montage (work folder) and the QA report as an Encapsulated PDF series (output folder)."""
         source, result = job.source, job.result
-        montage_path = series_workdir(self.workdir, job.series_uid) / "qa_montage.png"
-        montage = save_montage(
-            montage_path,
-            source.volume,
-            result.denoised,
-            source.modality,
-            padding_mask=source.padding_mask,
-            noise_before=result.report.noise.before,
-            pixel_spacing=source.spacing[1:],
-            title=f"{job.label} - NS-N2N",
-        )
+        montage_path = job.workdir(self.workdir) / "qa_montage.png"
+        require_folder(self.workdir, "work", f"write the QA montage {montage_path}")
+        title = f"{job.label} [{job.stack.label}]" if job.stack is not None else job.label
+        try:
+            montage = save_montage(
+                montage_path,
+                source.volume,
+                result.denoised,
+                source.modality,
+                padding_mask=source.padding_mask,
+                noise_before=result.report.noise.before,
+                pixel_spacing=source.spacing[1:],
+                title=f"{title} - NS-N2N",
+            )
+        except OSError as exc:
+            raise OutputError.from_os_error(exc, "work", self.workdir, f"write the QA montage {montage_path}") from None
         pdf = render_report_pdf(self.record(job, written).as_dict(), montage)
         ds = build_encapsulated_pdf(
             source,
@@ -245,8 +300,8 @@ class DerivedSeriesWriterOperator(Operator):
             ),
             derived=derived,
         )
-        folder = self._write([ds], str(ds.SeriesInstanceUID))
-        log.info("series %s: QA report written (PDF %s, montage %s)", job.series_uid, folder, montage_path)
+        folder = self._write([ds], str(ds.SeriesInstanceUID), f"the QA report of series {job.name}")
+        log.info("series %s: QA report written (PDF %s, montage %s)", job.name, folder, montage_path)
         return QaReportFiles(str(montage_path), str(folder), str(ds.SeriesInstanceUID))
 
     def record(self, job: SeriesJob, written: _Written | None) -> RunRecord:
@@ -264,7 +319,9 @@ class DerivedSeriesWriterOperator(Operator):
         return RunRecord(
             software_name=SOFTWARE_NAME,
             software_version=nsn2n.__version__,
-            source=SourceSeriesInfo.from_dataset(first, job.series_uid, len(job.instances)),
+            source=SourceSeriesInfo.from_dataset(
+                first, job.series_uid, len(job.instances), job.stack.label if job.stack is not None else None
+            ),
             parameters=self.parameters,
             status="ok" if written is not None else "skipped",
             error=None if written is not None else job.error or "not processed",
@@ -278,11 +335,12 @@ class DerivedSeriesWriterOperator(Operator):
             warnings=tuple(job.source.warnings) if job.source is not None else (),
         )
 
-    def write_record(self, series_uid: str, record: RunRecord) -> Path:
-        path = series_workdir(self.workdir, series_uid) / "run.json"
+    def write_record(self, job: SeriesJob, record: RunRecord) -> Path:
+        path = job.workdir(self.workdir) / "run.json"
+        require_folder(self.workdir, "work", f"write the run record {path}")
         try:
             write_run_record(path, record.as_dict())
         except OSError as exc:
-            raise OutputError(f"cannot write the run record {path}: {exc.strerror}") from None
-        log.info("series %s: run record %s", series_uid, path)
+            raise OutputError.from_os_error(exc, "work", self.workdir, f"write the run record {path}") from None
+        log.info("series %s: run record %s", job.name, path)
         return path

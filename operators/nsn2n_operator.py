@@ -13,10 +13,10 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment
 
-from nsn2n import ConfigError, DenoiseConfig, TrainedModel, VolumeError, denoise_volume
+from nsn2n import ConfigError, DenoiseConfig, StopRequested, TrainedModel, VolumeError, denoise_volume
 
-from .exit_status import ModelError, OutputError
-from .series_job import SeriesJob, SeriesStepOperator, series_workdir
+from .exit_status import ModelError, OutputError, require_folder
+from .series_job import SeriesJob, SeriesStepOperator
 
 __all__ = ["NSN2NDenoiseOperator"]
 
@@ -75,7 +75,7 @@ class NSN2NDenoiseOperator(SeriesStepOperator):
         source = job.source
         log.info(
             "series %s (%s): NS-N2N %s",
-            job.series_uid,
+            job.name,
             job.label,
             "with the saved model" if saved else "training on this series",
         )
@@ -88,16 +88,21 @@ class NSN2NDenoiseOperator(SeriesStepOperator):
                 padding_mask=source.padding_mask,
                 initial_model=saved,
                 finetune_steps=self.finetune_steps if saved else 0,
+                should_stop=self.stop,
             )
+        except StopRequested:
+            job.fatal = self.stop.error()
+            return
         except (VolumeError, FloatingPointError) as exc:
             job.skip("denoise", str(exc), strict=self.strict)
             return
         except ConfigError as exc:
             raise ModelError(str(exc)) from None
         if self.save_model and (saved is None or self.finetune_steps):
-            folder = series_workdir(self.workdir, job.series_uid)
+            folder = job.workdir(self.workdir)
+            require_folder(self.workdir, "work", f"save the model into {folder}")
             try:
                 job.model_saved_to = str(job.result.model.save(folder))
             except OSError as exc:
-                raise OutputError(f"cannot save the model into the work folder {folder}: {exc.strerror}") from None
-            log.info("series %s: model saved to %s", job.series_uid, job.model_saved_to)
+                raise OutputError.from_os_error(exc, "work", self.workdir, f"save the model into {folder}") from None
+            log.info("series %s: model saved to %s", job.name, job.model_saved_to)

@@ -7,8 +7,13 @@ series at a time is in memory (its volume, the denoised volume, the network) and
 written before the next one is loaded.
 
 A job that could not be processed is still passed on, with ``error`` set (it is skipped, and the writer
-records why in its run record), or with ``fatal`` set (the run ends: the writer removes what was
-written and records the error for the exit code).
+records why in its run record), or with ``fatal`` set (the run ends: the writer removes what must not
+stay and records the error for the exit code).
+
+A series with several images per position (echoes, b-values, phases, orientations) becomes one job per
+3-D stack (``dicom_series.stacks``): each job is then loaded, denoised and written on its own, with its
+own derived series and its own run record in ``<work>/nsn2n/<source SeriesInstanceUID>/<stack key>/``.
+In logs a job is named ``<SeriesInstanceUID> [<stack label>]`` (:attr:`SeriesJob.name`).
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from monai.deploy.core import Operator, OperatorSpec
 
-from .exit_status import RunError, StrictModeError, as_run_error
+from .exit_status import RunError, StopRequest, StrictModeError, as_run_error
 
 if TYPE_CHECKING:
-    from dicom_series import SourceSeries
+    from dicom_series import SourceSeries, Stack
     from nsn2n import DenoiseResult
 
 __all__ = ["SeriesJob", "SeriesStepOperator", "series_workdir"]
@@ -33,9 +38,10 @@ __all__ = ["SeriesJob", "SeriesStepOperator", "series_workdir"]
 log = logging.getLogger(__name__)
 
 
-def series_workdir(workdir: Path, series_uid: str) -> Path:
-    """Where the run record, model and montage of one source series go."""
-    return Path(workdir) / "nsn2n" / series_uid
+def series_workdir(workdir: Path, series_uid: str, stack_key: str = "") -> Path:
+    """Where the run record, model and montage of one source series (or of one of its stacks) go."""
+    folder = Path(workdir) / "nsn2n" / series_uid
+    return folder / stack_key if stack_key else folder
 
 
 @dataclass(eq=False)
@@ -56,6 +62,7 @@ class SeriesJob:
         error: why the series is skipped, or ``None``.
         skipped_in: the stage that skipped it (``"load"``, ``"denoise"``, ``"write"``).
         fatal: the error that ends the run, or ``None``.
+        stack: the 3-D stack of the series this job is, or ``None`` when the series is not split.
     """
 
     series_uid: str | None
@@ -70,11 +77,21 @@ class SeriesJob:
     error: str | None = None
     skipped_in: str | None = None
     fatal: RunError | None = None
+    stack: Stack | None = None
 
     @classmethod
     def run_failure(cls, error: RunError) -> SeriesJob:
         """A job that carries only a failure of the run (no series) to the writer."""
         return cls(series_uid=None, label="", instances=[], position=0, total=0, fatal=error)
+
+    @property
+    def name(self) -> str:
+        """The series UID, with the stack label when the series is split: how logs name this job."""
+        return f"{self.series_uid} [{self.stack.label}]" if self.stack is not None else str(self.series_uid)
+
+    def workdir(self, workdir: Path) -> Path:
+        """This job's folder in the work folder (run record, model, montage)."""
+        return series_workdir(workdir, str(self.series_uid), self.stack.key if self.stack is not None else "")
 
     @property
     def ok(self) -> bool:
@@ -90,9 +107,9 @@ class SeriesJob:
         """Skip this series (non-strict), or end the run with :class:`StrictModeError` (strict)."""
         self.error = reason
         self.skipped_in = stage
-        log.warning("series %s: skipped: %s", self.series_uid, reason)
+        log.warning("series %s: skipped: %s", self.name, reason)
         if strict:
-            self.fatal = StrictModeError(f"strict mode: series {self.series_uid} could not be processed: {reason}")
+            self.fatal = StrictModeError(f"strict mode: series {self.name} could not be processed: {reason}")
 
     @contextmanager
     def failures_end_the_run(self, operator: str) -> Iterator[None]:
@@ -112,8 +129,13 @@ class SeriesStepOperator(Operator):
     """Base of the per-series steps between the queue and the writer: input ``job``, output ``job``.
 
     A job that is still ok is handed to :meth:`process`; a skipped or failed one is passed on untouched,
-    so that the writer records it and the queue learns the series is done.
+    so that the writer records it and the queue learns the series is done. When the run was asked to stop
+    (``stop``), an ok job is not processed: it carries :class:`~operators.exit_status.StoppedBySignal` on.
     """
+
+    def __init__(self, fragment, *args, stop: StopRequest, **kwargs) -> None:
+        self.stop = stop
+        super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("job")
@@ -121,6 +143,8 @@ class SeriesStepOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         job: SeriesJob = op_input.receive("job")
+        if job.ok and self.stop.requested:
+            job.fatal = self.stop.error()
         if job.ok:
             with job.failures_end_the_run(self.name):
                 self.process(job)

@@ -14,7 +14,11 @@ or a ``series_done`` message arrives, and never polls. When nothing is emitted a
 done, or a failure ended the run) no operator is ready and the scheduler stops.
 
 Selection: every series the SDK's selector chose, once, except localizers (see :func:`localizer_reason`),
-in the selector's order.
+in the selector's order. A series with several images per position is split into its 3-D stacks
+(``dicom_series.split_stacks``: echoes, b-values, phases, orientations), one job each.
+
+Stop: when the run was asked to stop (a signal), the next job is not emitted, so the pipeline runs dry
+after the series in progress and the run ends.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
+from dicom_series import split_stacks
 from nsn2n import MIN_SLICES
 
-from .exit_status import InputError, as_run_error
+from .exit_status import ExitStatus, InputError, StopRequest, as_run_error
 from .series_job import SeriesJob
 
 __all__ = ["SeriesQueueOperator", "localizer_reason"]
@@ -79,8 +84,18 @@ class SeriesQueueOperator(Operator):
     """Inputs ``study_selected_series_list`` (selector), ``dicom_study_list`` (loader, for the "nothing
     selected" message) and ``series_done`` (writer); output ``job``, one :class:`SeriesJob` a time."""
 
-    def __init__(self, fragment: Fragment, *args, modalities: tuple[str, ...], **kwargs) -> None:
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args,
+        modalities: tuple[str, ...],
+        status: ExitStatus,
+        stop: StopRequest,
+        **kwargs,
+    ) -> None:
         self.modalities = modalities
+        self.status = status
+        self.stop = stop
         self._selected = None
         self._studies = None
         self._pending: deque[SeriesJob] | None = None
@@ -104,7 +119,11 @@ class SeriesQueueOperator(Operator):
                 if self._selected is None or self._studies is None:
                     return  # the other list has not arrived yet
                 self._pending = deque(self.jobs(self._selected, self._studies))
+                self.status.total = len(self._pending)
                 self._selected = self._studies = None
+            if self._pending and self.stop.requested:  # nothing more is emitted: the run ends here
+                log.warning("not started: series %s", ", ".join(job.name for job in self._pending))
+                self._pending.clear()
             if self._pending:
                 op_output.emit(self._pending.popleft(), "job")
         except Exception as exc:  # reported by the writer, which owns the output written so far
@@ -112,7 +131,8 @@ class SeriesQueueOperator(Operator):
             op_output.emit(SeriesJob.run_failure(as_run_error(exc, self.name)), "job")
 
     def jobs(self, selected, studies) -> list[SeriesJob]:
-        """One job per selected series that is not a localizer; :class:`InputError` when there is none."""
+        """One job per 3-D stack of each selected series that is not a localizer (one per series that is
+        not split); :class:`InputError` when there is none."""
         seen: set[str] = set()
         chosen, left_out = [], []
         for study_selection in selected or []:
@@ -136,10 +156,34 @@ class SeriesQueueOperator(Operator):
             if left_out:
                 raise InputError("no series to denoise: " + "; ".join(left_out))
             raise InputError(self._nothing_selected(studies or []))
+        stacked = [(series, stack) for series, instances in chosen for stack in self.stacks(series, instances)]
         return [
-            SeriesJob(series.SeriesInstanceUID, series_label(series), instances, position, len(chosen))
-            for position, (series, instances) in enumerate(chosen, start=1)
+            SeriesJob(
+                series.SeriesInstanceUID,
+                series_label(series),
+                stack.items,
+                position,
+                len(stacked),
+                stack=stack if stack.values else None,
+            )
+            for position, (series, stack) in enumerate(stacked, start=1)
         ]
+
+    @staticmethod
+    def stacks(series, instances):
+        """The 3-D stacks of one series (one, the whole series, when it is not split); a split is logged."""
+        stacks = split_stacks(instances, min_slices=MIN_SLICES)
+        if len(stacks) > 1:
+            keywords = dict.fromkeys(keyword for stack in stacks for keyword, _ in stack.values)
+            log.info(
+                "series %s (%s): several images per position; split by %s into %d stacks: %s",
+                series.SeriesInstanceUID,
+                series_label(series),
+                " and ".join(keywords),
+                len(stacks),
+                ", ".join(f"{stack.label} ({len(stack.items)} images)" for stack in stacks),
+            )
+        return stacks
 
     def _nothing_selected(self, studies) -> str:
         found = []

@@ -40,11 +40,11 @@ class SeriesToVolumeOperator(SeriesStepOperator):
             job.skip("load", f"{exc.filename}: {exc.reason}" if exc.filename else exc.reason, strict=self.strict)
             return
         job.load_s = time.monotonic() - t
-        for warning in job.source.warnings:
-            log.warning("series %s: %s", job.series_uid, warning)
+        for warning in job.source.warnings:  # load_series returns them without logging: one line each
+            log.warning("series %s: %s", job.name, warning)
         log.info(
             "series %s (%s): %s voxels, spacing %s mm",
-            job.series_uid,
+            job.name,
             job.label,
             "x".join(map(str, job.source.shape)),
             "x".join(f"{s:.3g}" for s in job.source.spacing),

@@ -351,6 +351,8 @@ def _draw_series(doc: _Layout, record: Mapping[str, Any]) -> None:
         ("Study UID", source.get("study_instance_uid")),
         ("SOP class", source.get("sop_class_uid")),
     ]
+    if source.get("stack"):
+        left.insert(1, ("Stack", source["stack"]))
     if isinstance(derived, Mapping):
         right = [
             ("Description", derived.get("series_description")),
@@ -590,6 +592,8 @@ def render_report_pdf(record: Mapping[str, Any], montage_png: bytes | None) -> b
     source = record.get("source") or {}
     description = latin1_safe(source.get("series_description") or "")
     header = f"QA report - {source.get('modality') or '?'} series '{description}'"
+    if source.get("stack"):
+        header += f" [{latin1_safe(source['stack'])}]"
     rc = {"pdf.fonttype": 42, "font.family": "DejaVu Sans", "pdf.compression": 6, "svg.fonttype": "none"}
     with matplotlib.rc_context(rc):
         doc = _Layout(header)

@@ -1,7 +1,7 @@
 """The per-series run record (``run.json``): build, validate, write.
 
 The record is a JSON-native dict described by ``run_record.schema.json`` (JSON Schema draft 2020-12,
-``SCHEMA_VERSION`` "1.0"). It deliberately holds **no patient identifiers** (no patient name, patient
+``SCHEMA_VERSION`` "1.1"). It deliberately holds **no patient identifiers** (no patient name, patient
 ID, birth date, accession number): only UIDs, series descriptions, geometry, parameters, timings and
 quality figures, so it can be kept and shared as a processing log.
 
@@ -54,7 +54,7 @@ __all__ = [
     "write_run_record",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 SCHEMA_PATH = Path(__file__).with_name("run_record.schema.json")
 #: Stage names of ``timings_s`` (all required; ``None`` = stage not run).
 TIMING_STAGES = ("load", "weight_map", "train", "inference", "write", "total")
@@ -282,10 +282,14 @@ class SourceSeriesInfo:
     modality: str
     sop_class_uid: str
     n_instances: int
+    stack: str | None = None
 
     @classmethod
-    def from_dataset(cls, ds: Any, series_instance_uid: str, n_instances: int) -> SourceSeriesInfo:
-        """From the first instance of the series (any object with ``get(keyword, default)``, or ``None``)."""
+    def from_dataset(
+        cls, ds: Any, series_instance_uid: str, n_instances: int, stack: str | None = None
+    ) -> SourceSeriesInfo:
+        """From the first instance of the series (any object with ``get(keyword, default)``, or ``None``);
+        ``stack`` labels the 3-D stack of a series that holds several (``None``: not split)."""
 
         def text(keyword: str) -> str:
             return str(ds.get(keyword, "")) if ds is not None else ""
@@ -297,6 +301,7 @@ class SourceSeriesInfo:
             modality=text("Modality"),
             sop_class_uid=text("SOPClassUID"),
             n_instances=n_instances,
+            stack=stack,
         )
 
 

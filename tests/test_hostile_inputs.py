@@ -51,8 +51,10 @@ from tests.dicom_factory import (
     CORONAL,
     OBLIQUE,
     PATIENT,
+    SAGITTAL,
     add_correlated_noise,
     make_ct_datasets,
+    make_mr_datasets,
     make_phantom,
     write_datasets,
 )
@@ -323,6 +325,77 @@ def build_good(folder: Path) -> None:
     ct(folder)
 
 
+def mr_stacks(
+    folder: Path, stacks: list[dict[str, object]], orientations: list[tuple[float, ...]] | None = None
+) -> None:
+    """One MR series holding one 6-slice stack per entry of ``stacks`` (attributes set on its images), at the
+    same positions (or in ``orientations``), files interleaved as a scanner may send them."""
+    ids = {"study_uid": str(generate_uid()), "series_uid": str(generate_uid())}
+    ids["frame_of_reference_uid"] = str(generate_uid())
+    groups = []
+    for k, values in enumerate(stacks):
+        volume = 200.0 + make_phantom(SHAPE, seed=k) / 10.0 + add_correlated_noise(np.zeros(SHAPE), 10.0, seed=k)
+        kwargs = {"orientation": orientations[k]} if orientations else {}
+        groups.append(make_mr_datasets(volume, extra=values, series_description="ME", **ids, **kwargs))
+    datasets = [ds for group in zip(*groups, strict=True) for ds in group]
+    write_datasets(datasets, folder, filename_pattern="MR{index:04d}.dcm")
+
+
+def build_multi_echo(folder: Path) -> None:
+    """An MR series of two echoes (Echo Numbers 1 and 2, Echo Time 15 and 30 ms) at the same 6 positions."""
+    mr_stacks(folder, [{"EchoNumbers": 1, "EchoTime": "15"}, {"EchoNumbers": 2, "EchoTime": "30"}])
+
+
+def build_two_orientations(folder: Path) -> None:
+    """An MR series of an axial and a sagittal 6-slice stack."""
+    mr_stacks(folder, [{}, {}], orientations=[(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), SAGITTAL])
+
+
+def build_diffusion_directions(folder: Path) -> None:
+    """A diffusion MR series: b=0 once and b=1000 in three directions at each of 6 positions."""
+    mr_stacks(folder, [{"DiffusionBValue": 0.0}, *({"DiffusionBValue": 1000.0} for _ in range(3))])
+
+
+def build_gantry_tilt(folder: Path) -> None:
+    """A CT series acquired with a 20 degree gantry tilt: axial images whose positions move along y by
+    tan(20 deg) x 2.5 mm per slice (not along the image normal)."""
+    shift = np.tan(np.radians(20.0)) * 2.5
+
+    def tilt(k: int, ds: Dataset) -> None:
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, round(y + k * shift, 4), z]
+        ds.GantryDetectorTilt = 20.0
+
+    ct(folder, mutate=tilt)
+
+
+RESCALES = [(1.0, -1024.0), (0.5, -1024.0), (1.0, -1000.0), (2.0, -2048.0), (1.0, -1024.0), (0.25, -512.0)]
+
+
+def build_rescale_per_slice(folder: Path) -> None:
+    """A CT series whose slices have different Rescale Slope/Intercept (stored values differ accordingly)."""
+    volume = hu_volume()
+    datasets = []
+    for k, (slope, intercept) in enumerate(RESCALES):
+        (ds,) = make_ct_datasets(volume[k : k + 1], rescale=(slope, intercept), slice_positions=[2.5 * k])
+        datasets.append(ds)
+    ids = make_ct_datasets(volume[:1])[0]
+    for k, ds in enumerate(datasets):
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = ids.StudyInstanceUID, ids.SeriesInstanceUID
+        ds.FrameOfReferenceUID, ds.InstanceNumber = ids.FrameOfReferenceUID, k + 1
+    write_datasets(datasets, folder, filename_pattern="CT{index:04d}.dcm")
+
+
+def build_pixel_spacing_per_slice(folder: Path) -> None:
+    """Slice 3 of 6 has Pixel Spacing 0.8 mm while the others have 0.7 mm."""
+
+    def other_spacing(k: int, ds: Dataset) -> None:
+        if k == 2:
+            ds.PixelSpacing = ["0.8", "0.8"]
+
+    ct(folder, mutate=other_spacing)
+
+
 # --------------------------------------------------------------------------------------------------
 # Running a case
 # --------------------------------------------------------------------------------------------------
@@ -417,8 +490,11 @@ def check_output(result: Result) -> list[list[Dataset]]:
         return []
     if not output.exists():
         return []
+    if result.input.resolve().is_relative_to(output.resolve()):
+        return []  # the output folder is, or holds, the input: the input digest and its parent's listing tell
     slices = source_slices(result.input) if result.input.exists() else Counter()
     image_series: list[list[Dataset]] = []
+    derived_slices: Counter[str] = Counter()
     reports = 0
     for entry in sorted(output.iterdir()):
         assert entry.is_dir() and not entry.name.startswith("."), f"unexpected entry in the output: {entry.name}"
@@ -434,10 +510,12 @@ def check_output(result: Result) -> list[list[Dataset]]:
         source_uids = {str(ds.ReferencedSeriesSequence[-1].SeriesInstanceUID) for ds in datasets}
         assert len(source_uids) == 1, source_uids
         source_uid = source_uids.pop()
-        assert len(datasets) == slices[source_uid], (
-            f"derived series {entry.name}: {len(datasets)} files for a source of {slices[source_uid]} slices"
-        )
+        sources = {str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID) for ds in datasets}
+        assert len(sources) == len(datasets), f"derived series {entry.name}: two files of one source image"
+        derived_slices[source_uid] += len(datasets)
         image_series.append(datasets)
+    for source_uid, count in derived_slices.items():  # one derived series per 3-D stack: together, every slice
+        assert count == slices[source_uid], f"{count} derived files for a source of {slices[source_uid]} slices"
     assert reports <= len(image_series), "a QA report without its derived series"
     return image_series
 
@@ -537,6 +615,42 @@ def check_good_one_written(result: Result) -> None:
     assert all(src.SeriesDescription == "SYNTHETIC" for src in sources_of(result, series))
 
 
+def check_stacks(labels: list[str]) -> Callable[[Result], None]:
+    """One derived series per stack, ``[label]`` at the end of its Series Description, each with its own
+    Series Instance UID and the Series Number of the source + 1000."""
+
+    def check(result: Result) -> None:
+        descriptions = sorted(str(series[0].SeriesDescription) for series in result.image_series)
+        assert descriptions == sorted(f"NS-N2N denoised (research use) [{label}]" for label in labels)
+        assert len({str(series[0].SeriesInstanceUID) for series in result.image_series}) == len(labels)
+        assert {int(series[0].SeriesNumber) for series in result.image_series} == {1003}
+        for series in result.image_series:
+            source = load_series([(None, ds) for ds in sources_of(result, series)])
+            assert load_series([(None, ds) for ds in series]).shape == source.shape == SHAPE
+        records = sorted(result.run.workdir.glob("nsn2n/*/*/run.json"))
+        assert len(records) == len(labels), "one run record per stack"
+
+    return check
+
+
+def check_tilt(result: Result) -> None:
+    check_same_geometry(result)
+    assert result.run.log.count("gantry tilt or sheared stack") == 1, "one line per warning"
+
+
+def check_rescale_per_slice(result: Result) -> None:
+    """Each derived slice keeps its source slice's Rescale Slope/Intercept, and its values are the denoised
+    source values (a rescale taken from another slice would shift them by hundreds of HU)."""
+    (series,) = result.image_series
+    sources = sources_of(result, series)
+    for ds, src in zip(series, sources, strict=True):
+        assert (ds.RescaleSlope, ds.RescaleIntercept) == (src.RescaleSlope, src.RescaleIntercept)
+    assert {float(ds.RescaleSlope) for ds in series} == {s for s, _ in RESCALES}
+    derived = load_series([(None, ds) for ds in series]).volume
+    source = load_series([(None, ds) for ds in sources]).volume
+    assert float(np.max(np.median(np.abs(derived - source), axis=(1, 2)))) < 30.0
+
+
 def output_is_file(root: Path) -> Path:
     (root / "out").write_text("I am a file, not a folder\n")
     return root / "out"
@@ -550,6 +664,16 @@ def output_under_file(root: Path) -> Path:
 def workdir_under_file(root: Path) -> Path:
     (root / "blocker").write_text("a regular file\n")
     return root / "blocker" / "work"
+
+
+def inside_input(name: str) -> Callable[[Path], Path]:
+    """A folder inside the input folder (``src/in``); ``""``: the input folder itself."""
+    return lambda root: root / "src" / "in" / name if name else root / "src" / "in"
+
+
+def through_link_into_input(root: Path) -> Path:
+    (root / "link").symlink_to(root / "src" / "in")
+    return root / "link" / "out"
 
 
 DUPLICATE = [0.0, 2.5, 5.0, 5.0, 7.5, 10.0]
@@ -626,6 +750,49 @@ CASES: dict[str, Case] = {
     "config_bad_value": Case(build_good, 2, ("NSN2N_MAX_STEPS", "abc"), env={"NSN2N_MAX_STEPS": "abc"}),
     "config_unknown_key": Case(build_good, 2, ("NSN2N_NO_SUCH_KEY", "unknown key"), env={"NSN2N_NO_SUCH_KEY": "1"}),
     "input_does_not_exist": Case(build_nothing, 3, ("input folder does not exist", "src/missing"), missing_input=True),
+    "output_inside_input": Case(
+        build_good,
+        2,
+        ("output folder", "src/in/out is inside the input folder", "is only read"),
+        output=inside_input("out"),
+    ),
+    "output_is_input": Case(build_good, 2, ("src/in is the same folder as the input folder",), output=inside_input("")),
+    "output_holds_input": Case(build_good, 2, ("src holds the input folder",), output=lambda root: root / "src"),
+    "output_through_a_link_into_input": Case(
+        build_good, 2, ("is inside the input folder", "symbolic links resolved"), output=through_link_into_input
+    ),
+    "workdir_inside_input": Case(
+        build_good, 2, ("work folder", "src/in/work is inside the input folder"), workdir=inside_input("work")
+    ),
+    "output_is_workdir": Case(
+        build_good, 2, ("is the same folder as the work folder",), workdir=lambda root: root / "out"
+    ),
+    "multi_echo_mr": Case(
+        build_multi_echo,
+        0,
+        derived=2,
+        log=("split by EchoNumbers into 2 stacks: echo 1 (6 images), echo 2 (6 images)", "done: 2 derived series"),
+        check=check_stacks(["echo 1", "echo 2"]),
+    ),
+    "two_orientations_mr": Case(
+        build_two_orientations,
+        0,
+        derived=2,
+        log=("split by ImageOrientationPatient",),
+        check=check_stacks(["axial", "sagittal"]),
+    ),
+    "diffusion_directions": Case(
+        build_diffusion_directions,
+        3,
+        ("duplicate slice position", "DiffusionBValue (2 values) does not split the series into 3-D stacks"),
+    ),
+    "gantry_tilt": Case(build_gantry_tilt, 0, derived=1, check=check_tilt),
+    "rescale_per_slice": Case(build_rescale_per_slice, 0, derived=1, check=check_rescale_per_slice),
+    "pixel_spacing_per_slice": Case(
+        build_pixel_spacing_per_slice,
+        3,
+        ("CT0002.dcm", "inconsistent Pixel Spacing (0028,0030) [0.8, 0.8] vs [0.7, 0.7]"),
+    ),
 }
 
 
