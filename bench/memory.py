@@ -67,21 +67,53 @@ DEFAULT_ENV = {
 class Sample:
     t: float
     rss_kib: int
+    load1: float = float("nan")
+    gpu_mib: float | None = None
 
 
 @dataclass
 class RunTrace:
+    """What one application run showed: its output lines with their arrival times and the process's
+    CPU seconds (user + system, all threads) at that moment, polled samples, exit code and peaks."""
+
     lines: list[tuple[float, str]] = field(default_factory=list)
+    line_cpu_s: list[float] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     returncode: int | None = None
     peak_rss_kib: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0
+
+    @property
+    def peak_gpu_mib(self) -> float | None:
+        values = [s.gpu_mib for s in self.samples if s.gpu_mib is not None]
+        return max(values) if values else None
+
+    def load_range(self) -> tuple[float, float, float]:
+        """(min, mean, max) of the 1-minute load average polled during the run."""
+        values = [s.load1 for s in self.samples if s.load1 == s.load1]
+        if not values:
+            return (float("nan"),) * 3
+        return min(values), sum(values) / len(values), max(values)
 
 
-def build_series(folder: Path, slices: int, size: int, chunk: int = 50, seed: int = 0) -> int:
-    """Write a ``slices`` x ``size`` x ``size`` int16 CT series into ``folder``; returns its bytes on disk."""
+def build_series(
+    folder: Path,
+    slices: int,
+    size: int,
+    chunk: int = 50,
+    seed: int = 0,
+    *,
+    study_uid: str | None = None,
+    series_number: int = 3,
+) -> int:
+    """Write a ``slices`` x ``size`` x ``size`` int16 CT series into ``folder``; returns its bytes on disk.
+
+    Series of the same ``study_uid`` form one study; give each its own ``series_number``.
+    """
     phantom = make_phantom((slices, size, size), seed=seed)
-    study_uid, series_uid, for_uid = (str(generate_uid()) for _ in range(3))
+    series_uid, for_uid = (str(generate_uid()) for _ in range(2))
+    study_uid = study_uid or str(generate_uid())
     spacing = (1.0, 0.7, 0.7)
     for start in range(0, slices, chunk):
         part = add_correlated_noise(phantom[start : start + chunk], sigma_hu=25.0, seed=seed + start)
@@ -97,9 +129,10 @@ def build_series(folder: Path, slices: int, size: int, chunk: int = 50, seed: in
             series_uid=series_uid,
             frame_of_reference_uid=for_uid,
             slice_positions=[(start + k) * spacing[0] for k in range(n)],
+            series_number=series_number,
             mutate=renumber,
         )
-        write_datasets(datasets, folder, filename_pattern=f"CT{start:05d}_{{index:03d}}.dcm")
+        write_datasets(datasets, folder, filename_pattern=f"CT{series_number:03d}_{start:05d}_{{index:03d}}.dcm")
         del part, datasets
     return sum(p.stat().st_size for p in folder.iterdir())
 
@@ -113,42 +146,95 @@ def _rss_kib(pid: int) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc/<pid>/stat``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load1() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def _gpu_mib(pid: int) -> float | None:
+    """GPU memory (MiB) that ``nvidia-smi`` reports for ``pid`` (CUDA context included), or ``None``."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    used = [float(b) for a, b in (line.split(",")[:2] for line in out.splitlines() if "," in line) if int(a) == pid]
+    return sum(used) if used else 0.0
+
+
 def run_app(
-    input_dir: Path, output_dir: Path, workdir: Path, env: dict[str, str], poll_s: float, log_path: Path | None = None
+    input_dir: Path,
+    output_dir: Path,
+    workdir: Path,
+    env: dict[str, str],
+    poll_s: float,
+    log_path: Path | None = None,
+    *,
+    repo: Path = REPO,
+    gpu_poll_s: float | None = None,
+    log_mode: str = "w",
 ) -> RunTrace:
-    """Run the application; collect its output lines (with arrival times) and an RSS timeline; the
-    lines also go to ``log_path`` as they arrive (follow a long run with ``tail -f``)."""
+    """Run the application of checkout ``repo``; collect its output lines (with arrival times and the
+    process's CPU seconds), an RSS and load-average timeline and, with ``gpu_poll_s``, the GPU memory of
+    the process. The lines also go to ``log_path`` as they arrive (follow a long run with ``tail -f``)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NSN2N_", "HOLOSCAN_"))}
     full_env.update({"PYTHONUNBUFFERED": "1", **env})
-    cmd = [sys.executable, str(REPO / "app"), "-i", str(input_dir), "-o", str(output_dir), "-w", str(workdir)]
+    cmd = [sys.executable, str(repo / "app"), "-i", str(input_dir), "-o", str(output_dir), "-w", str(workdir)]
     trace = RunTrace()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu_before = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd, cwd=repo, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
 
     def reader() -> None:
         assert proc.stdout is not None
-        with open(log_path or os.devnull, "w", encoding="utf-8") as sink:
+        with open(log_path or os.devnull, log_mode, encoding="utf-8") as sink:
             for line in proc.stdout:
+                cpu = _cpu_s(proc.pid)
+                trace.line_cpu_s.append(cpu if cpu is not None else (trace.line_cpu_s or [0.0])[-1])
                 trace.lines.append((time.monotonic() - t0, line.rstrip("\n")))
                 sink.write(f"{trace.lines[-1][0]:8.1f}s {line}")
                 sink.flush()
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
+    next_gpu = 0.0
     while proc.poll() is None:
+        now = time.monotonic() - t0
+        gpu = None
+        if gpu_poll_s is not None and now >= next_gpu:
+            gpu, next_gpu = _gpu_mib(proc.pid), now + gpu_poll_s
         rss = _rss_kib(proc.pid)
         if rss is not None:
-            trace.samples.append(Sample(time.monotonic() - t0, rss))
+            trace.samples.append(Sample(now, rss, _load1(), gpu))
         time.sleep(poll_s)
     thread.join(timeout=10)
     trace.wall_s = time.monotonic() - t0
     trace.returncode = proc.returncode
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    trace.cpu_s = after.ru_utime + after.ru_stime - cpu_before
     # ru_maxrss of RUSAGE_CHILDREN is the largest of all waited-for children: exact when it grew.
-    trace.peak_rss_kib = after if after > before else max((s.rss_kib for s in trace.samples), default=0)
+    trace.peak_rss_kib = (
+        after.ru_maxrss if after.ru_maxrss > before else max((s.rss_kib for s in trace.samples), default=0)
+    )
     return trace
 
 

@@ -236,10 +236,10 @@ def configured_weight_maps(normalised: torch.Tensor, valid: torch.Tensor, config
 
 
 def seed_torch(config: DenoiseConfig) -> None:
-    """Seed torch's generator and set its CPU threads, as every run must before building a network."""
+    """Seed torch's generator and set its CPU threads (:attr:`DenoiseConfig.cpu_threads`), as every run
+    must before building a network."""
     torch.manual_seed(config.seed)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    torch.set_num_threads(config.cpu_threads)
 
 
 def infer_slices(

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-__all__ = ["ConfigError", "DenoiseConfig"]
+__all__ = ["ConfigError", "DenoiseConfig", "usable_cpu_count"]
+
+
+def usable_cpu_count() -> int:
+    """CPU cores this process may run on: its affinity mask (``sched_getaffinity``), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class ConfigError(ValueError):
@@ -89,7 +97,10 @@ class DenoiseConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         mixed_precision: bf16 autocast on CUDA (ignored on CPU).
         seed: seed of every random choice (crops, augmentation, initialisation).
-        num_threads: CPU threads for torch; ``None`` leaves torch's default.
+        num_threads: CPU threads for torch; ``None`` = the cores this process may run on (its CPU
+            affinity, :func:`usable_cpu_count`), not the machine's: a container or a job pinned to some
+            cores gets that many threads, and more threads than cores would make torch's threads wait
+            for one another at every operation. See :attr:`DenoiseConfig.cpu_threads`.
         log_every_s: seconds between progress lines.
         max_slice_gap_mm: neighbours farther apart than this are warned about: the neighbour is a
             weaker Noise2Noise target for thick or sparse slices.
@@ -148,6 +159,11 @@ class DenoiseConfig:
                 raise ConfigError(name, f"must be a positive number or null, got {value}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError("num_threads", f"must be >= 1 or null, got {self.num_threads}")
+
+    @property
+    def cpu_threads(self) -> int:
+        """Torch CPU threads to use: ``num_threads``, or the cores this process may run on."""
+        return self.num_threads or usable_cpu_count()
 
     @property
     def training_time_cap(self) -> float | None:

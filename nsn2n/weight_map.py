@@ -32,27 +32,36 @@ fewer than 4 usable tiles the pair's overall MAD is used. The per-pair scales ar
 running median over 5 pairs. ``k = 3`` keeps about 99 % of noise-only pixels and rejects anatomy changes
 above about three noise units.
 
-Everything is vectorised torch (CPU or CUDA), processed in chunks of slices to bound memory.
+Everything is torch (CPU or CUDA), slice by slice or in chunks of slices to bound memory (:class:`SliceTasks`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from .noise import MAD_TO_SIGMA
 
+T = TypeVar("T")
+
 __all__ = [
+    "SliceTasks",
     "WeightMaps",
     "bilateral",
     "compute_weight_maps",
     "guide_filter",
+    "median_filter",
     "pixel_noise_sigma",
     "quiet_tile_scale",
     "robust_scale",
+    "slice_tasks",
 ]
 
 
@@ -73,49 +82,161 @@ class WeightMaps:
     pixel_sigma: float = float("nan")
 
 
-def _median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, H, W) -> (N, H, W) ``size`` x ``size`` median with reflected borders."""
+class SliceTasks:
+    """Runs per-slice work: on the CPU one slice per task on a thread pool, on CUDA a chunk of slices a call.
+
+    Why on the CPU: torch splits each operation over its intra-op threads, which must all meet at the
+    end of every operation. The filters here are hundreds of small elementwise operations per slice;
+    on a host whose cores are shared with other jobs one descheduled thread makes the others wait (and
+    spin) at every one of them. Whole slices as independent tasks on ``torch.get_num_threads()`` pool
+    threads, each operation single-threaded (see :func:`slice_tasks`), need no meeting point and keep a
+    slice's buffers in the core's cache. On CUDA the chunk bounds memory and keeps kernels large.
+
+    Args:
+        pool: the CPU thread pool; ``None`` runs the tasks in order in the calling thread.
+        chunk: slices per call of :meth:`map_chunks`.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor | None = None, chunk: int = 1) -> None:
+        self.pool = pool
+        self.chunk = chunk
+
+    def map(self, fn: Callable[[int], T], count: int) -> list[T]:
+        """``[fn(i) for i in range(count)]``, in parallel on the pool."""
+        if self.pool is None:
+            return [fn(i) for i in range(count)]
+        return list(self.pool.map(fn, range(count)))
+
+    def map_chunks(self, fn: Callable[[slice], T], count: int) -> list[T]:
+        """``fn`` on consecutive slices of ``range(count)`` of at most ``chunk`` indices each."""
+        parts = [slice(start, min(start + self.chunk, count)) for start in range(0, count, self.chunk)]
+        return self.map(lambda k: fn(parts[k]), len(parts))
+
+
+@contextmanager
+def slice_tasks(device: torch.device, cuda_chunk: int = 32) -> Iterator[SliceTasks]:
+    """:class:`SliceTasks` for ``device``; on the CPU torch's intra-op threads are set to 1 meanwhile.
+
+    The pool has as many threads as torch had intra-op threads (the configured ``num_threads``); torch
+    gives each new thread the process-wide count in force when that thread first runs an operation,
+    hence 1 for the pool threads, and the count is restored when the block ends.
+    """
+    if device.type != "cpu":
+        yield SliceTasks(None, cuda_chunk)
+        return
+    workers = torch.get_num_threads()
+    if workers <= 1:
+        yield SliceTasks()
+        return
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsn2n-slices") as pool:
+            yield SliceTasks(pool)
+    finally:
+        torch.set_num_threads(workers)
+
+
+def median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) -> (N, H, W) ``size`` x ``size`` median with reflected borders (``F.pad`` mode ``reflect``).
+
+    Forgetful selection over the ``size**2`` shifted views of the padded slices: of any ``n // 2 + 2``
+    window values, the smallest and the largest cannot be the median (rank ``n // 2``) of the ``n``, so
+    both are dropped, the next view is added, and so on until one value is left. Only elementwise
+    minimum and maximum are used, so the cost is a few hundred passes over the slices with no per-pixel
+    sort, on the CPU and on CUDA alike; the result is exactly the median of the window.
+    """
     if size <= 1:
         return x
     m = size // 2
-    patches = F.unfold(F.pad(x.unsqueeze(1), (m, m, m, m), mode="reflect"), kernel_size=size)
-    return patches.median(dim=1).values.view_as(x)
+    h, w = x.shape[-2:]
+    padded = F.pad(x.unsqueeze(1), (m, m, m, m), mode="reflect").squeeze(1)
+    views = [padded[:, dy : dy + h, dx : dx + w] for dy in range(size) for dx in range(size)]
+    keep = len(views) // 2 + 2  # always 3 values left after the last view: keep - (n - keep) = 3
+    work = views[:keep]
+    for view in views[keep:]:
+        work = _drop_min_and_max(work)
+        work.append(view)
+    return _middle_of_three(work)
 
 
-def bilateral(slices: torch.Tensor, sigma_s: float, sigma_r: float, max_elements: int = 48_000_000) -> torch.Tensor:
+def _drop_min_and_max(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The multiset ``values`` less one minimum and one maximum, elementwise (compare-exchange network)."""
+    lows, highs = [], []
+    for a, b in zip(values[0::2], values[1::2], strict=False):
+        lows.append(torch.minimum(a, b))
+        highs.append(torch.maximum(a, b))
+    if len(values) % 2:  # the odd one out: exchanged with a low, so the minimum stays among the lows
+        odd, low = values[-1], lows[0]
+        lows[0], odd = torch.minimum(low, odd), torch.maximum(low, odd)
+        highs.append(odd)
+    for j in range(1, len(lows)):  # the minimum to lows[0]
+        lows[0], lows[j] = torch.minimum(lows[0], lows[j]), torch.maximum(lows[0], lows[j])
+    for j in range(1, len(highs)):  # the maximum to highs[0]
+        highs[0], highs[j] = torch.maximum(highs[0], highs[j]), torch.minimum(highs[0], highs[j])
+    return lows[1:] + highs[1:]
+
+
+def _middle_of_three(values: list[torch.Tensor]) -> torch.Tensor:
+    """Elementwise median of three tensors."""
+    a, b, c = values
+    return torch.maximum(torch.minimum(a, b), torch.minimum(torch.maximum(a, b), c))
+
+
+def bilateral(slices: torch.Tensor, sigma_s: float, sigma_r: float) -> torch.Tensor:
     """Bilateral filter per slice, (N, H, W) -> (N, H, W) float32; window radius ``ceil(2 * sigma_s)``.
 
-    Processed a few slices at a time so that the unfolded window stays below ``max_elements`` floats.
+    Shift and accumulate: for each window offset ``o`` the weight of the pixel pair ``(p, p + o)`` is
+    ``exp(-|o|^2 / 2 sigma_s^2 - (x_p - x_{p+o})^2 / 2 sigma_r^2)``, symmetric in the pair, so it is computed
+    once for ``o`` and ``-o`` over the reflect-padded slices and added to both pixels' sums. Memory is a
+    few copies of the slices, whatever the window.
     """
     r = max(1, math.ceil(2.0 * sigma_s))
-    offsets = torch.arange(-r, r + 1, dtype=torch.float32, device=slices.device)
-    yy, xx = torch.meshgrid(offsets, offsets, indexing="ij")
-    spatial = torch.exp(-(yy**2 + xx**2) / (2.0 * sigma_s**2)).reshape(1, -1, 1)
     inv_two_var = 1.0 / (2.0 * max(float(sigma_r), 1e-12) ** 2)
-    n, h, w = slices.shape
-    out = torch.empty((n, h, w), dtype=torch.float32, device=slices.device)
-    chunk = max(1, max_elements // ((2 * r + 1) ** 2 * h * w))
-    for start in range(0, n, chunk):
-        x = slices[start : start + chunk].unsqueeze(1).float()
-        patches = F.unfold(F.pad(x, (r, r, r, r), mode="reflect"), kernel_size=2 * r + 1)
-        weights = spatial * torch.exp(-((patches - x.reshape(x.shape[0], 1, h * w)) ** 2) * inv_two_var)
-        out[start : start + chunk] = ((weights * patches).sum(1) / weights.sum(1)).view(-1, h, w)
-    return out
+    x = slices.float()
+    h, w = x.shape[-2:]
+    padded = F.pad(x.unsqueeze(1), (r, r, r, r), mode="reflect").squeeze(1)
+    ph, pw = padded.shape[-2:]
+    numerator = x.clone()  # the centre pixel, weight 1
+    denominator = torch.ones_like(x)
+    buffer = torch.empty_like(padded)
+    for dy in range(r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx <= 0:
+                continue  # the other half of the window: the same pairs seen from the other pixel
+            left, right = max(0, -dx), max(0, dx)
+            near = padded[:, : ph - dy, left : pw - right]  # p
+            far = padded[:, dy:, right : pw - left]  # p + o
+            weight = buffer[:, : ph - dy, : pw - left - right]
+            torch.sub(near, far, out=weight)
+            weight.square_().mul_(-inv_two_var).add_(-(dy * dy + dx * dx) / (2.0 * sigma_s**2)).exp_()
+            # pixel p in the slice: its pair partner p + o
+            core = (slice(None), slice(r, r + h), slice(r - left, r - left + w))
+            denominator.add_(weight[core])
+            numerator.addcmul_(weight[core], far[core])
+            # pixel q = p + o in the slice: its pair partner q - o
+            core = (slice(None), slice(r - dy, r - dy + h), slice(r - dx - left, r - dx - left + w))
+            denominator.add_(weight[core])
+            numerator.addcmul_(weight[core], near[core])
+    return numerator.div_(denominator)
 
 
 def guide_filter(slices: torch.Tensor, sigma_s: float, sigma_r: float, median_size: int) -> torch.Tensor:
     """The weight map's edge-preserving low-pass: bilateral, then median (see the module docstring)."""
-    return _median_filter(bilateral(slices, sigma_s, sigma_r), median_size)
+    return median_filter(bilateral(slices, sigma_s, sigma_r), median_size)
 
 
-def pixel_noise_sigma(volume: torch.Tensor, valid: torch.Tensor | None, max_pairs: int = 32) -> float:
+def pixel_noise_sigma(
+    volume: torch.Tensor, valid: torch.Tensor | None, max_pairs: int = 32, *, tasks: SliceTasks | None = None
+) -> float:
     """Pixel noise sigma from raw neighbouring-slice differences (quiet tiles, / sqrt 2), median over pairs."""
     depth = volume.shape[0]
     pairs = torch.linspace(0, depth - 2, min(max_pairs, depth - 1)).round().long().unique().tolist()
-    scales = []
-    for i in pairs:
+
+    def pair_scale(i: int) -> torch.Tensor:
         pair_valid = valid[i] & valid[i + 1] if valid is not None else torch.ones_like(volume[i], dtype=torch.bool)
-        scales.append(quiet_tile_scale(volume[i].float() - volume[i + 1].float(), pair_valid))
+        return quiet_tile_scale(volume[i].float() - volume[i + 1].float(), pair_valid)
+
+    scales = (tasks or SliceTasks()).map(lambda k: pair_scale(pairs[k]), len(pairs))
     return float(torch.stack(scales).median()) / math.sqrt(2.0)
 
 
@@ -172,9 +293,11 @@ def compute_weight_maps(
     median_size: int,
     threshold_k: float,
     range_k: float = 2.0,
-    chunk: int = 16,
 ) -> WeightMaps:
     """Weight maps for every neighbouring pair of ``volume`` (D, H, W), normalised intensities.
+
+    Slices are processed one at a time on the CPU and in chunks on CUDA (see :class:`SliceTasks`), so
+    the working memory beyond the filtered volume and the maps is a few slices.
 
     Args:
         volume: (D, H, W) float tensor, D >= 2.
@@ -183,24 +306,37 @@ def compute_weight_maps(
         median_size: odd median filter size (1 = none).
         range_k: range sigma of the bilateral guide in units of the pixel noise sigma.
         threshold_k: threshold in robust standard deviations of each pair's low-pass residual.
-        chunk: slices filtered at once (the bilateral filter further bounds its own memory).
     """
     depth = volume.shape[0]
     if depth < 2:
         raise ValueError("weight maps need at least two slices")
-    pixel_sigma = pixel_noise_sigma(volume, valid)
-    sigma_r = range_k * pixel_sigma
     filtered = torch.empty_like(volume, dtype=torch.float32)
-    for start in range(0, depth, chunk):
-        filtered[start : start + chunk] = guide_filter(volume[start : start + chunk], sigma, sigma_r, median_size)
-    pair_valid = valid[:-1] & valid[1:] if valid is not None else torch.ones_like(filtered[:-1], dtype=torch.bool)
-    scales = torch.stack([quiet_tile_scale(filtered[i] - filtered[i + 1], pair_valid[i]) for i in range(depth - 1)])
-    thresholds = threshold_k * _running_median(scales)
     weights = torch.empty((depth - 1, *volume.shape[1:]), dtype=torch.bool, device=volume.device)
-    for i in range(depth - 1):
-        weights[i] = ((filtered[i] - filtered[i + 1]).abs() <= thresholds[i]) & pair_valid[i]
-    matched = int(weights.sum())
-    total = int(pair_valid.sum())
+
+    def pair_valid(i: int) -> torch.Tensor:
+        return valid[i] & valid[i + 1] if valid is not None else torch.ones_like(weights[i])
+
+    with slice_tasks(volume.device) as tasks:
+        pixel_sigma = pixel_noise_sigma(volume, valid, tasks=tasks)
+        sigma_r = range_k * pixel_sigma
+
+        def guide(part: slice) -> None:
+            filtered[part] = guide_filter(volume[part], sigma, sigma_r, median_size)
+
+        tasks.map_chunks(guide, depth)
+        scales = torch.stack(
+            tasks.map(lambda i: quiet_tile_scale(filtered[i] - filtered[i + 1], pair_valid(i)), depth - 1)
+        )
+        thresholds = threshold_k * _running_median(scales)
+
+        def threshold(i: int) -> tuple[int, int]:
+            usable = pair_valid(i)
+            torch.logical_and((filtered[i] - filtered[i + 1]).abs_() <= thresholds[i], usable, out=weights[i])
+            return int(weights[i].sum()), int(usable.sum())
+
+        counts = tasks.map(threshold, depth - 1)
+    matched = sum(m for m, _ in counts)
+    total = sum(t for _, t in counts)
     return WeightMaps(
         weights=weights, thresholds=thresholds, matched_fraction=matched / max(total, 1), pixel_sigma=pixel_sigma
     )

@@ -140,7 +140,7 @@ def test_should_stop_abandons_the_series_between_files(tmp_path: Path) -> None:
         return len(asked) == 3
 
     out = tmp_path / "out"
-    with pytest.raises(WriteStopped, match="stopped after 2 of 4 files"):
+    with pytest.raises(WriteStopped, match=r"stopped before file \d of 4"):
         write_series_atomically(_datasets(), out, "series", should_stop=stop_at_third)
     assert list(out.iterdir()) == [] and _leftovers(tmp_path, out) == []
 

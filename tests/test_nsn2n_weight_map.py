@@ -1,10 +1,20 @@
 """Weight maps: moved anatomy is unmatched, flat noisy regions are matched, threshold follows the noise."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from nsn2n.weight_map import compute_weight_maps, guide_filter, pixel_noise_sigma, robust_scale
+from nsn2n.weight_map import (
+    bilateral,
+    compute_weight_maps,
+    guide_filter,
+    median_filter,
+    pixel_noise_sigma,
+    robust_scale,
+)
 
 
 def _pair(noise_sigma: float, shift: int, seed: int = 0) -> torch.Tensor:
@@ -91,3 +101,58 @@ def test_subpixel_edge_shift_is_unmatched():
     maps = _maps(noisy)
     assert maps.weights[0, 8:56, 30].float().mean() < 0.1
     assert maps.weights[0, 8:56, 5:20].float().mean() > 0.95
+
+
+def _reference_median(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The plain definition: every window unfolded, its median taken (reflected borders)."""
+    m = size // 2
+    patches = F.unfold(F.pad(x.unsqueeze(1), (m, m, m, m), mode="reflect"), kernel_size=size)
+    return patches.median(dim=1).values.view_as(x)
+
+
+def _reference_bilateral(x: torch.Tensor, sigma_s: float, sigma_r: float) -> torch.Tensor:
+    """The plain definition: every window unfolded, weighted by distance and intensity difference."""
+    r = math.ceil(2.0 * sigma_s)
+    n, h, w = x.shape
+    offsets = torch.arange(-r, r + 1, dtype=torch.float32)
+    yy, xx = torch.meshgrid(offsets, offsets, indexing="ij")
+    spatial = torch.exp(-(yy**2 + xx**2) / (2.0 * sigma_s**2)).reshape(1, -1, 1)
+    patches = F.unfold(F.pad(x.unsqueeze(1), (r, r, r, r), mode="reflect"), kernel_size=2 * r + 1)
+    weights = spatial * torch.exp(-((patches - x.reshape(n, 1, h * w)) ** 2) / (2.0 * sigma_r**2))
+    return ((weights * patches).sum(1) / weights.sum(1)).view(n, h, w)
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+def test_median_filter_equals_the_median_of_every_window(size):
+    rng = np.random.default_rng(3)
+    noise = torch.from_numpy(rng.normal(0, 1, (3, 23, 19)).astype(np.float32))
+    ties = torch.from_numpy(rng.integers(0, 4, (2, 17, 16)).astype(np.float32))  # many equal values
+    for x in (noise, ties):
+        assert torch.equal(median_filter(x, size), _reference_median(x, size))
+
+
+@pytest.mark.parametrize("sigma_s", [1.0, 2.0, 2.5])
+def test_bilateral_equals_the_windowed_definition(sigma_s):
+    rng = np.random.default_rng(4)
+    clean = np.zeros((3, 40, 37), np.float32)
+    clean[:, 10:30, 12:] = 1.0
+    x = torch.from_numpy(clean + rng.normal(0, 0.1, clean.shape).astype(np.float32))
+    got = bilateral(x, sigma_s, sigma_r=0.2)
+    assert torch.allclose(got, _reference_bilateral(x, sigma_s, 0.2), rtol=0, atol=1e-5)
+
+
+def test_weight_maps_do_not_depend_on_the_threads_and_restore_them():
+    """Slice tasks on a thread pool give the same maps as one thread, and leave torch's thread count as it was."""
+    volume = torch.cat([_pair(noise_sigma=0.1, shift=s, seed=s) for s in (0, 3, 6)])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = _maps(volume)
+        torch.set_num_threads(3)
+        pooled = _maps(volume)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(serial.weights, pooled.weights)
+    assert torch.equal(serial.thresholds, pooled.thresholds)
+    assert serial.pixel_sigma == pooled.pixel_sigma
