@@ -1,0 +1,260 @@
+"""The noise model of a volume: its local level and in-plane correlation, measured from the volume itself.
+
+Rule. Noise is independent between slices and anatomy is not, so where two neighbouring slices show the
+same anatomy their difference ``d = (x_j - x_{j+1}) / sqrt 2`` is a sample of the noise itself, with its
+in-plane correlation (a CT reconstruction kernel's "blotchy" texture) and its local level (CT noise grows
+towards the middle of the body and behind dense anatomy; MR magnitude noise is nearly stationary).
+
+Which pixels qualify decides whether the measurement is honest. A weight map computed from the same two
+slices selects pixels where their low-pass difference is small, i.e. where their noise happens to be
+low, and so under-estimates the noise and its correlation. The pixels of pair ``(j, j+1)`` are therefore
+chosen by the weight map of the *outer* pair ``(j-1, j+2)``: slices whose noise is independent of the two
+measured, and whose agreement still says that the anatomy does not change across the four slices. Where
+the outer pairs match too few pixels (volumes of fewer than 4 slices, very thick slices), the pair's own
+weight map is used and the report says so.
+
+* Level: ``sigma`` per ``BLOCK_PX`` x ``BLOCK_PX`` block from the mean ``|d|`` over qualifying pixels
+  (times ``sqrt(pi/2)``, the mean-absolute-deviation to standard-deviation ratio of Gaussian noise),
+  smoothed over ``SMOOTH_BLOCKS`` blocks; each slice uses its two pairs; blocks without enough qualifying
+  pixels nearby take the volume-wide value.
+* Correlation: the autocorrelation of ``d / sigma`` for lags up to ``MAX_LAG`` pixels over qualifying
+  pixel pairs, averaged over the volume; its tapered spectrum gives a small shaping kernel ``h`` whose
+  output, fed white Gaussian noise, has that autocorrelation and unit variance.
+* Samples (:meth:`NoiseModel.sample`): white Gaussian noise filtered by ``h``, times the local sigma:
+  synthetic noise with the volume's own statistics, which the recorrupted training adds to its input.
+
+The level also gives the noise figure of the input that the run reports (:meth:`NoiseModel.level`): the
+root mean square of the local sigma over the foreground, a measurement no training loss can influence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .noise import MEAN_ABS_TO_SIGMA
+
+__all__ = [
+    "BLOCK_PX",
+    "MAX_LAG",
+    "NoiseModel",
+    "block_sigma",
+    "correlation_kernel",
+    "estimate_noise_model",
+    "outer_pair_weights",
+    "sigma_from_blocks",
+]
+
+#: Block size of the local noise level (pixels).
+BLOCK_PX = 8
+#: Gaussian smoothing of the block levels, in blocks.
+SMOOTH_BLOCKS = 1.5
+#: Largest in-plane lag of the measured autocorrelation (pixels); the shaping kernel spans twice it + 3.
+MAX_LAG = 6
+_MIN_SUPPORT = 16.0  # qualifying pixels (after smoothing) a block needs for its own level
+_MIN_OUTER_FRACTION = 0.05  # below this fraction of matched outer-pair pixels, the pair's own map is used
+
+#: ``(D', H, W) normalised slices -> (D'-1, H, W) bool weight maps`` of consecutive slices.
+MatchFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def outer_pair_weights(volume: torch.Tensor, valid: torch.Tensor | None, match: MatchFn) -> torch.Tensor:
+    """``(D-1, H, W)`` bool: for pair ``(j, j+1)`` the weight map of ``(j-1, j+2)``; False where none exists.
+
+    Computed as the weight maps of the three sub-stacks of every third slice, whose consecutive slices
+    are three apart.
+    """
+    depth = volume.shape[0]
+    out = torch.zeros((depth - 1, *volume.shape[1:]), dtype=torch.bool, device=volume.device)
+    for start in range(3):
+        sub = volume[start::3]
+        if sub.shape[0] < 2:
+            continue
+        maps = match(sub, None if valid is None else valid[start::3])
+        pairs = torch.arange(start + 1, start + 1 + 3 * maps.shape[0], 3, device=volume.device)
+        keep = pairs <= depth - 2
+        out[pairs[keep]] = maps[keep]
+    return out
+
+
+def _block_sums(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape
+    hb, wb = -(-h // BLOCK_PX), -(-w // BLOCK_PX)
+    padded = np.zeros((hb * BLOCK_PX, wb * BLOCK_PX), np.float64)
+    padded[:h, :w] = image
+    return padded.reshape(hb, BLOCK_PX, wb, BLOCK_PX).sum(axis=(1, 3))
+
+
+def _pair_difference(volume: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, j: int):
+    mask = masks[j] if valid is None else masks[j] & valid[j] & valid[j + 1]
+    diff = (volume[j].astype(np.float32) - volume[j + 1].astype(np.float32)) / np.float32(math.sqrt(2.0))
+    return diff, mask
+
+
+def block_sigma(
+    volume: np.ndarray, masks: np.ndarray, valid: np.ndarray | None = None, *, default: float = float("nan")
+) -> np.ndarray:
+    """``(D, hb, wb)`` float32 local noise sigma per block (see the module docstring), volume units.
+
+    Args:
+        volume: (D, H, W).
+        masks: (D-1, H, W) bool, the pixels of each pair that measure noise.
+        valid: (D, H, W) bool, False for padding.
+        default: the level where no pixel of the whole volume qualifies.
+    """
+    depth = volume.shape[0]
+    sums = []
+    for j in range(depth - 1):
+        diff, mask = _pair_difference(volume, masks, valid, j)
+        sums.append((_block_sums(np.where(mask, np.abs(diff), 0.0)), _block_sums(mask.astype(np.float64))))
+    total = sum(den.sum() for _, den in sums)
+    overall = MEAN_ABS_TO_SIGMA * sum(num.sum() for num, _ in sums) / total if total >= _MIN_SUPPORT else default
+    out = []
+    for z in range(depth):
+        pairs = [sums[j] for j in (z - 1, z) if 0 <= j < depth - 1]
+        num = ndimage.gaussian_filter(sum(p[0] for p in pairs), SMOOTH_BLOCKS, mode="nearest")
+        den = ndimage.gaussian_filter(sum(p[1] for p in pairs), SMOOTH_BLOCKS, mode="nearest")
+        out.append(np.where(den >= _MIN_SUPPORT, MEAN_ABS_TO_SIGMA * num / np.maximum(den, 1.0), overall))
+    return np.stack(out).astype(np.float32)
+
+
+def sigma_from_blocks(blocks: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(..., hb, wb)`` block levels -> ``(..., H, W)``, linearly interpolated between block centres."""
+    lead = blocks.shape[:-2]
+    grid = blocks.reshape(-1, 1, *blocks.shape[-2:]).float()
+    full = F.interpolate(grid, scale_factor=BLOCK_PX, mode="bilinear", align_corners=False)
+    return full[..., : shape[0], : shape[1]].reshape(*lead, *shape)
+
+
+def _lag_slices(n: int, lag: int) -> tuple[slice, slice]:
+    return slice(max(0, lag), n + min(0, lag)), slice(max(0, -lag), n + min(0, -lag))
+
+
+def _autocorrelation(volume: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, blocks: np.ndarray) -> np.ndarray:
+    """``(2L+1, 2L+1)`` autocorrelation of the unit-level noise samples, 1 at lag 0 (symmetrised)."""
+    size = 2 * MAX_LAG + 1
+    acc, count = np.zeros((size, size)), np.zeros((size, size))
+    h, w = volume.shape[1:]
+    for j in range(volume.shape[0] - 1):
+        diff, mask = _pair_difference(volume, masks, valid, j)
+        if not mask.any():
+            continue
+        level = sigma_from_blocks(torch.from_numpy(blocks[j : j + 2]), (h, w)).mean(0).numpy()
+        unit = np.where(mask, diff / np.maximum(level, 1e-12), 0.0)
+        weight = mask.astype(np.float64)
+        for dy in range(-MAX_LAG, MAX_LAG + 1):
+            ys, yt = _lag_slices(h, dy)
+            for dx in range(-MAX_LAG, MAX_LAG + 1):
+                xs, xt = _lag_slices(w, dx)
+                acc[dy + MAX_LAG, dx + MAX_LAG] += float((unit[ys, xs] * unit[yt, xt]).sum())
+                count[dy + MAX_LAG, dx + MAX_LAG] += float((weight[ys, xs] * weight[yt, xt]).sum())
+    if count[MAX_LAG, MAX_LAG] == 0:
+        corr = np.zeros((size, size))
+        corr[MAX_LAG, MAX_LAG] = 1.0
+        return corr
+    corr = acc / np.maximum(count, 1.0)
+    corr = 0.5 * (corr + corr[::-1, ::-1])
+    return corr / corr[MAX_LAG, MAX_LAG]
+
+
+def correlation_kernel(autocorrelation: np.ndarray, grid: int = 64) -> np.ndarray:
+    """A ``(2L+3, 2L+3)`` float32 kernel ``h`` with unit energy whose output autocorrelation is the given one.
+
+    The autocorrelation is tapered (raised cosine over ``L + 1`` px, so its spectrum stays smooth),
+    placed on a ``grid`` x ``grid`` torus, and ``h`` is the inverse transform of the square root of its
+    (non-negative part of the) spectrum.
+    """
+    lag = autocorrelation.shape[0] // 2
+    torus = np.zeros((grid, grid))
+    for dy in range(-lag, lag + 1):
+        for dx in range(-lag, lag + 1):
+            r = math.hypot(dy, dx)
+            taper = 0.5 * (1.0 + math.cos(math.pi * r / (lag + 1))) if r <= lag + 1 else 0.0
+            torus[dy % grid, dx % grid] = autocorrelation[dy + lag, dx + lag] * taper
+    spectrum = np.clip(np.real(np.fft.fft2(torus)), 0.0, None)
+    kernel = np.fft.fftshift(np.real(np.fft.ifft2(np.sqrt(spectrum))))
+    half = lag + 1
+    centre = grid // 2
+    kernel = kernel[centre - half : centre + half + 1, centre - half : centre + half + 1]
+    return (kernel / np.sqrt((kernel**2).sum())).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Local noise level and in-plane correlation of one volume (see the module docstring).
+
+    Attributes:
+        sigma_blocks: (D, hb, wb) float32 noise sigma per ``BLOCK_PX`` block, in the volume's units.
+        kernel: (k, k) float32 shaping kernel of unit energy (the noise's in-plane correlation).
+        shape: (D, H, W) of the volume.
+        lag1_correlation: the measured correlation of horizontally neighbouring pixels (0 = white noise).
+        source: ``"outer pairs"`` or ``"neighbouring pairs"``: which weight maps chose the pixels.
+    """
+
+    sigma_blocks: np.ndarray
+    kernel: np.ndarray
+    shape: tuple[int, int, int]
+    lag1_correlation: float
+    source: str
+
+    def sigma_map(self, z: int) -> np.ndarray:
+        """``(H, W)`` float32 local noise sigma of slice ``z``."""
+        return sigma_from_blocks(torch.from_numpy(self.sigma_blocks[z]), self.shape[1:]).numpy()
+
+    def level(self, foreground: np.ndarray | None = None) -> float:
+        """Root mean square of the local sigma over ``foreground`` (D, H, W) bool, or over the volume."""
+        total, count = 0.0, 0
+        for z in range(self.shape[0]):
+            sigma = self.sigma_map(z)
+            values = sigma if foreground is None else sigma[foreground[z]]
+            total += float(np.square(values, dtype=np.float64).sum())
+            count += values.size
+        return math.sqrt(total / count) if count else float("nan")
+
+    def sample(self, sigma: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Synthetic noise shaped like the volume's, scaled by ``sigma`` ((N, h, w) tensor) pixel by pixel."""
+        n, h, w = sigma.shape
+        k = self.kernel.shape[0]
+        white = torch.randn((n, 1, h + k - 1, w + k - 1), generator=generator, device=sigma.device)
+        kernel = torch.from_numpy(self.kernel).to(sigma.device)[None, None]
+        return F.conv2d(white, kernel)[:, 0] * sigma
+
+
+def estimate_noise_model(
+    volume: np.ndarray,
+    adjacent_weights: torch.Tensor,
+    outer_weights: torch.Tensor,
+    valid: np.ndarray | None = None,
+    *,
+    default_sigma: float = float("nan"),
+) -> NoiseModel:
+    """Measure the noise model of ``volume`` (D, H, W) (see the module docstring).
+
+    Args:
+        volume: the volume, in the units the model is wanted in.
+        adjacent_weights: (D-1, H, W) bool weight maps of neighbouring pairs (the fallback).
+        outer_weights: (D-1, H, W) bool, from :func:`outer_pair_weights`.
+        valid: (D, H, W) bool, False for padding.
+        default_sigma: the level when no pixel qualifies at all.
+    """
+    outer = outer_weights.cpu().numpy()
+    usable = outer if valid is None else outer & valid[:-1] & valid[1:]
+    if usable.mean() >= _MIN_OUTER_FRACTION:
+        masks, source = outer, "outer pairs"
+    else:
+        masks, source = adjacent_weights.cpu().numpy(), "neighbouring pairs"
+    blocks = block_sigma(volume, masks, valid, default=default_sigma)
+    autocorrelation = _autocorrelation(volume, masks, valid, blocks)
+    return NoiseModel(
+        sigma_blocks=blocks,
+        kernel=correlation_kernel(autocorrelation),
+        shape=tuple(int(n) for n in volume.shape),
+        lag1_correlation=float(autocorrelation[MAX_LAG, MAX_LAG + 1]),
+        source=source,
+    )
