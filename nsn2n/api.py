@@ -20,20 +20,31 @@ import torch
 from . import __version__
 from .config import ConfigError, DenoiseConfig
 from .errors import ShouldStop, VolumeError
-from .inference import denoise_slices
+from .inference import denoise_slices, network_context
 from .intensity import IntensityNormalizer, output_range
 from .noise import NOISE_ESTIMATOR, paired_slice_noise_sigma
+from .noise_model import NoiseModel, estimate_noise_model, outer_pair_weights
+from .precision import precision_name
 from .report import (
-    METHOD,
+    METHODS,
     DenoiseReport,
     ModelProvenance,
     NoiseEstimate,
+    NoiseModelStats,
     ResidualClipLimits,
     StageTimings,
     WeightMapStats,
 )
 from .residual_clip import clip_residual_per_pixel
-from .training import PairSampler, TrainingStats, nsn2n_step, train_network
+from .training import (
+    PairSampler,
+    RecorruptedSampler,
+    TrainingStats,
+    foreground_mask,
+    nsn2n_step,
+    recorrupted_step,
+    train_network,
+)
 from .unet import ResidualUNet
 from .weight_map import WeightMaps, compute_weight_maps
 
@@ -58,12 +69,14 @@ class TrainedModel:
         normalizer: intensity map of the series it was trained on (CT maps are identical across series;
             for MR the new series' own map is used, the network works in normalised units).
         modality: modality it was trained on.
+        formulation: what it was trained with (:attr:`DenoiseConfig.formulation`); fine-tuning keeps it.
         info: provenance (software version, config, training statistics).
     """
 
     network: ResidualUNet
     normalizer: IntensityNormalizer
     modality: str
+    formulation: str = "recorrupted"
     info: dict[str, Any] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> Path:
@@ -82,6 +95,8 @@ class TrainedModel:
             "modality": self.modality,
             "unet_width": self.network.width,
             "unet_depth": self.network.depth,
+            "in_channels": self.network.in_channels,
+            "formulation": self.formulation,
             "normalizer": self.normalizer.as_dict(),
             **self.info,
         }
@@ -114,7 +129,13 @@ class TrainedModel:
         try:
             payload = torch.load(found, map_location="cpu", weights_only=True)
             meta = payload["meta"]
-            network = ResidualUNet(width=int(meta["unet_width"]), depth=int(meta["unet_depth"]))
+            # Models saved before context slices existed have one input slice and the paper's formulation.
+            network = ResidualUNet(
+                width=int(meta["unet_width"]),
+                depth=int(meta["unet_depth"]),
+                in_channels=int(meta.get("in_channels", 1)),
+            )
+            formulation = str(meta.get("formulation", "paper"))
             network.load_state_dict(payload["state_dict"])
         except Exception as exc:  # corrupt or foreign file: say which and why
             raise ValueError(f"{found}: not a usable NS-N2N model ({exc})") from exc
@@ -123,6 +144,7 @@ class TrainedModel:
             network=network,
             normalizer=IntensityNormalizer(**meta["normalizer"]),
             modality=str(meta["modality"]),
+            formulation=formulation,
             info={"loaded_from": str(found)},
         )
 
@@ -286,6 +308,7 @@ class _Run:
     device: torch.device
     spacing: tuple[float, float, float]
     modality: str
+    foreground: np.ndarray
     warnings: list[str]
     should_stop: ShouldStop | None = None
 
@@ -328,14 +351,14 @@ def denoise_volume(
     t_start = time.monotonic()
     run = _start(volume, spacing, (modality or "OT").upper(), config, padding_mask, initial_model)
     run.should_stop = should_stop
-    maps, noise_before, seconds_maps = _match_neighbours(run, config)
-    network, stats, seconds_train = _train(run, maps, config, initial_model, finetune_steps)
+    maps, noise_model, noise_before, seconds_maps = _match_neighbours(run, config)
+    network, formulation, stats, seconds_train = _train(run, maps, noise_model, config, initial_model, finetune_steps)
     denoised, seconds_inference = _infer(run, network, maps, config)
     noise = NoiseEstimate(
         NOISE_ESTIMATOR,
         noise_before,
         paired_slice_noise_sigma(denoised, maps.weights, run.valid),
-        "HU" if run.modality == "CT" else "a.u.",
+        _unit(run.modality),
     )
     timings = StageTimings(seconds_maps, seconds_train, seconds_inference, time.monotonic() - t_start)
     log.info(
@@ -347,11 +370,13 @@ def denoise_volume(
     provenance = ModelProvenance()
     if initial_model is not None:
         provenance = ModelProvenance(initial_model.info.get("loaded_from"), finetune_steps)
-    report = _report(run, config, maps, stats, provenance, timings, noise)
+    report = _report(run, config, maps, noise_model, formulation, stats, provenance, timings, noise)
     info = {"config": config.as_dict(), "training": report.as_dict()["training"]}
     if initial_model is not None:
         info["loaded_from"] = provenance.loaded_from
-    model = TrainedModel(network=network, normalizer=run.normalizer, modality=run.modality, info=info)
+    model = TrainedModel(
+        network=network, normalizer=run.normalizer, modality=run.modality, formulation=formulation, info=info
+    )
     return DenoiseResult(denoised=denoised, model=model, report=report)
 
 
@@ -380,13 +405,16 @@ def _start(
         device,
         torch.get_num_threads(),
     )
+    volume_t = torch.from_numpy(normalised).to(device)
+    valid_t = torch.from_numpy(valid).to(device)
     return _Run(
         volume=volume,
         valid=valid,
         normalizer=normalizer,
         normalised=normalised,
-        volume_t=torch.from_numpy(normalised).to(device),
-        valid_t=torch.from_numpy(valid).to(device),
+        volume_t=volume_t,
+        valid_t=valid_t,
+        foreground=foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill)).cpu().numpy(),
         device=device,
         spacing=spacing3,
         modality=modality,
@@ -394,15 +422,36 @@ def _start(
     )
 
 
-def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, float, float]:
-    """Weight maps and the input's noise estimate; ``(maps, noise before, seconds)``."""
+def measure_noise_model(
+    normalised_t: torch.Tensor, valid_t: torch.Tensor, maps: WeightMaps, config: DenoiseConfig
+) -> NoiseModel:
+    """The noise model of a normalised volume (:mod:`nsn2n.noise_model`), with the configured weight maps."""
+
+    def match(sub: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        sub_valid = torch.ones_like(sub, dtype=torch.bool) if valid is None else valid
+        return configured_weight_maps(sub, sub_valid, config).weights
+
+    outer = outer_pair_weights(normalised_t, valid_t, match)
+    return estimate_noise_model(
+        normalised_t.cpu().numpy(), maps.weights, outer, valid_t.cpu().numpy(), default_sigma=maps.pixel_sigma
+    )
+
+
+def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, NoiseModel, float, float]:
+    """Weight maps, the noise model and the input's noise estimate; ``(maps, model, noise before, seconds)``."""
     t = time.monotonic()
     maps = configured_weight_maps(run.volume_t, run.valid_t, config)
+    noise_model = measure_noise_model(run.volume_t, run.valid_t, maps, config)
     seconds = time.monotonic() - t
     log.info(
-        "weight maps: %d pairs, %.1f%% of pixels matched, %.2f s",
+        "weight maps: %d pairs, %.1f%% of pixels matched; noise model from %s: %.4g %s in the foreground, "
+        "neighbouring-pixel correlation %.2f; %.2f s",
         run.volume.shape[0] - 1,
         100 * maps.matched_fraction,
+        noise_model.source,
+        noise_model.level(run.foreground) * run.normalizer.scale,
+        _unit(run.modality),
+        noise_model.lag1_correlation,
         seconds,
     )
     if maps.matched_fraction < 0.2 and config.use_weight_map:
@@ -412,15 +461,22 @@ def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, flo
         log.warning(run.warnings[-1])
     noise_before = paired_slice_noise_sigma(run.volume, maps.weights, run.valid)
     log.info("noise before: %.4g (%s)", noise_before, NOISE_ESTIMATOR)
-    return maps, noise_before, seconds
+    return maps, noise_model, noise_before, seconds
 
 
 def _train(
-    run: _Run, maps: WeightMaps, config: DenoiseConfig, initial_model: TrainedModel | None, finetune_steps: int
-) -> tuple[torch.nn.Module, TrainingStats, float]:
-    """Train a new network, or fine-tune (or just take) ``initial_model``; ``(network, stats, seconds)``."""
+    run: _Run,
+    maps: WeightMaps,
+    noise_model: NoiseModel,
+    config: DenoiseConfig,
+    initial_model: TrainedModel | None,
+    finetune_steps: int,
+) -> tuple[torch.nn.Module, str, TrainingStats, float]:
+    """Train a new network, or fine-tune (or just take) ``initial_model``;
+    ``(network, formulation, stats, seconds)``."""
     if initial_model is not None:
         network = initial_model.network.to(run.device)
+        formulation = initial_model.formulation
         steps = finetune_steps
         log.info(
             "using the saved model from %s: %s",
@@ -428,19 +484,44 @@ def _train(
             f"fine-tuning {steps} steps" if steps else "inference only, no training",
         )
     else:
-        network = ResidualUNet(config.unet_width, config.unet_depth).to(run.device)
+        formulation = config.formulation
+        in_channels = 2 * config.context_slices + 1 if formulation == "recorrupted" else 1
+        network = ResidualUNet(config.unet_width, config.unet_depth, in_channels).to(run.device)
         steps = config.max_steps
+    network = network.to(memory_format=torch.channels_last)
     t = time.monotonic()
-    sampler = PairSampler(
-        run.volume_t,
-        maps.weights if config.use_weight_map else None,
-        run.valid_t,
-        crop_size=config.crop_size,
-        fill=float(run.normalizer.normalised_fill),
-        seed=config.seed,
+    fill = float(run.normalizer.normalised_fill)
+    if formulation == "recorrupted":
+        sampler = RecorruptedSampler(
+            run.volume_t,
+            run.valid_t,
+            noise_model,
+            context_slices=network_context(network),
+            alpha=config.recorruption_alpha,
+            crop_size=config.crop_size,
+            fill=fill,
+            seed=config.seed,
+        )
+        step_fn = recorrupted_step
+    else:
+        sampler = PairSampler(
+            run.volume_t,
+            maps.weights if config.use_weight_map else None,
+            run.valid_t,
+            crop_size=config.crop_size,
+            fill=fill,
+            seed=config.seed,
+        )
+        step_fn = nsn2n_step(config)
+    log.info(
+        "training: %s formulation, %d input slice(s), %d steps, precision %s",
+        formulation,
+        2 * network_context(network) + 1,
+        steps,
+        precision_name(run.device, config.mixed_precision),
     )
     stats = train_network(
-        network, sampler, nsn2n_step(config), config, steps=steps, device=run.device, should_stop=run.should_stop
+        network, sampler, step_fn, config, steps=steps, device=run.device, should_stop=run.should_stop
     )
     seconds = time.monotonic() - t
     if stats.rollbacks:
@@ -448,7 +529,11 @@ def _train(
             f"training diverged {stats.rollbacks} time(s) and was rolled back to an earlier state "
             "with a halved learning rate; the result may be less denoised than usual"
         )
-    return network, stats, seconds
+    return network, formulation, stats, seconds
+
+
+def _unit(modality: str) -> str:
+    return "HU" if modality == "CT" else "a.u."
 
 
 def _infer(run: _Run, network: torch.nn.Module, maps: WeightMaps, config: DenoiseConfig) -> tuple[np.ndarray, float]:
@@ -472,6 +557,8 @@ def _report(
     run: _Run,
     config: DenoiseConfig,
     maps: WeightMaps,
+    noise_model: NoiseModel,
+    formulation: str,
     stats: TrainingStats,
     provenance: ModelProvenance,
     timings: StageTimings,
@@ -480,7 +567,7 @@ def _report(
     scale = run.normalizer.scale
     return DenoiseReport(
         software_version=__version__,
-        method=METHOD,
+        method=METHODS[formulation],
         parameters=config,
         device=str(run.device),
         torch_version=torch.__version__,
@@ -493,6 +580,13 @@ def _report(
             threshold_median=float(maps.thresholds.median()) * scale,
             pixel_noise_sigma=maps.pixel_sigma * scale,
         ),
+        noise_model=NoiseModelStats(
+            level=noise_model.level(run.foreground) * scale,
+            lag1_correlation=noise_model.lag1_correlation,
+            source=noise_model.source,
+            unit=_unit(run.modality),
+        ),
+        formulation=formulation,
         residual_clip=ResidualClipLimits(config.residual_clip_k, config.residual_clip_unmatched_k),
         training=stats,
         model=provenance,

@@ -49,6 +49,7 @@ class ConfigError(ValueError):
 
 
 Device = Literal["auto", "cpu", "cuda"]
+Formulation = Literal["recorrupted", "paper"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,22 @@ class DenoiseConfig:
         learning_rate, weight_decay: AdamW; the learning rate follows a cosine decay to 5 % of it
             after a short linear warm-up.
 
-    Loss (see :mod:`nsn2n.losses`)
+    Formulation (what the network is trained to predict; see :mod:`nsn2n.training`)
+        formulation: ``"recorrupted"``: the network sees the slice with extra synthetic noise drawn from
+            the volume's own noise model (:mod:`nsn2n.noise_model`) and ``context_slices`` neighbours on
+            either side, and learns to predict the slice with that noise subtracted (recorrupted-to-
+            recorrupted): the target shows the slice's own anatomy, so changes of anatomy between slices
+            cannot teach it to blur, and its noise is independent of the input's. ``"paper"``: the
+            NS-N2N formulation of the paper (single-slice input, the neighbouring slice as the target
+            where the weight map says the two match, regional-consistency and inter-slice-continuity
+            losses).
+        context_slices: neighbouring slices on either side in the network's input (``"recorrupted"``
+            only; 0 = a plain 2-D denoiser).
+        recorruption_alpha: scale of the synthetic noise: the input gets ``+alpha * z``, the target
+            ``-z / alpha`` (``"recorrupted"`` only). Small values keep the input close to the real
+            noise level; the target's noise grows as ``1 / alpha``.
+
+    Loss of the ``"paper"`` formulation (see :mod:`nsn2n.losses`)
         lambda_rc: weight of the regional consistency loss (paper value 0.5).
         lambda_ic: weight of the inter-slice continuity loss (paper value 1.0).
         use_weight_map: ``False`` replaces the weight map by ones: plain neighbour Noise2Noise, the
@@ -95,7 +111,8 @@ class DenoiseConfig:
 
     Runtime
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        mixed_precision: bf16 autocast on CUDA (ignored on CPU).
+        mixed_precision: bf16 autocast on CUDA and on CPUs with native bf16 instructions (AVX512-BF16 or
+            AMX); elsewhere float32.
         seed: seed of every random choice (crops, augmentation, initialisation).
         num_threads: CPU threads for torch; ``None`` = the cores this process may run on (its CPU
             affinity, :func:`usable_cpu_count`), not the machine's: a container or a job pinned to some
@@ -112,6 +129,10 @@ class DenoiseConfig:
     crop_size: int = 96
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
+
+    formulation: Formulation = "recorrupted"
+    context_slices: int = 1
+    recorruption_alpha: float = 0.5
 
     lambda_rc: float = 0.5
     lambda_ic: float = 1.0
@@ -147,6 +168,10 @@ class DenoiseConfig:
             self, "learning_rate", "lowpass_sigma_px", "guide_range_k", "threshold_k", "log_every_s", "max_slice_gap_mm"
         )
         _non_negative_float(self, "weight_decay", "lambda_rc", "lambda_ic")
+        if not 0 <= self.context_slices <= 4:
+            raise ConfigError("context_slices", f"must be 0 to 4 slices on either side, got {self.context_slices}")
+        if not (math.isfinite(self.recorruption_alpha) and 0 < self.recorruption_alpha <= 2):
+            raise ConfigError("recorruption_alpha", f"must be in (0, 2], got {self.recorruption_alpha}")
         if self.time_budget_s is not None and (not math.isfinite(self.time_budget_s) or self.time_budget_s < 0):
             raise ConfigError("time_budget_s", f"must be >= 0 seconds (0 = no cap), got {self.time_budget_s}")
         if self.median_size < 1 or self.median_size % 2 == 0:

@@ -13,7 +13,7 @@ import contextlib
 
 import torch
 
-__all__ = ["autocast", "bf16_native", "channels_last"]
+__all__ = ["autocast", "bf16_native", "channels_last", "precision_name"]
 
 
 def bf16_native(device: torch.device) -> bool:
@@ -24,6 +24,11 @@ def bf16_native(device: torch.device) -> bool:
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu feature probes
         return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
     return False
+
+
+def precision_name(device: torch.device, mixed_precision: bool) -> str:
+    """``"bf16 autocast"`` or ``"float32"``: what :func:`autocast` gives on ``device``."""
+    return "bf16 autocast" if mixed_precision and bf16_native(device) else "float32"
 
 
 def autocast(device: torch.device, mixed_precision: bool) -> contextlib.AbstractContextManager:

@@ -19,13 +19,18 @@ __all__ = [
     "DenoiseReport",
     "ModelProvenance",
     "NoiseEstimate",
+    "NoiseModelStats",
     "ResidualClipLimits",
     "StageTimings",
     "WeightMapStats",
 ]
 
-#: The one-line name of the method, as reports show it.
-METHOD = "NS-N2N (neighbouring-slice Noise2Noise with weight maps)"
+#: The one-line name of the method per training formulation (:attr:`DenoiseConfig.formulation`).
+METHODS = {
+    "recorrupted": "NS-N2N, recorrupted formulation (the slice as its own target with synthetic noise from the "
+    "series' noise model, neighbouring slices as context)",
+    "paper": "NS-N2N (neighbouring-slice Noise2Noise with weight maps)",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,24 @@ class WeightMapStats:
     matched_fraction: float
     threshold_median: float
     pixel_noise_sigma: float
+
+
+@dataclass(frozen=True)
+class NoiseModelStats:
+    """The input's noise model (:mod:`nsn2n.noise_model`), summarised.
+
+    Attributes:
+        level: root mean square of the local noise sigma over the foreground, in the input's units.
+        lag1_correlation: correlation of horizontally neighbouring noise pixels (0 = white noise).
+        source: which weight maps chose the pixels it was measured on (``"outer pairs"`` or
+            ``"neighbouring pairs"``).
+        unit: ``"HU"`` for CT, ``"a.u."`` otherwise.
+    """
+
+    level: float
+    lag1_correlation: float
+    source: str
+    unit: str
 
 
 @dataclass(frozen=True)
@@ -125,6 +148,8 @@ class DenoiseReport:
         modality: DICOM modality, upper case.
         normalizer: the intensity map between input and network units.
         weight_map: weight-map statistics.
+        noise_model: the input's noise model.
+        formulation: what the network was trained with (:attr:`DenoiseConfig.formulation`).
         residual_clip: the residual clip's limits.
         training: what training did (``steps == 0`` when a loaded model was used as it is).
         model: where the network came from.
@@ -143,6 +168,8 @@ class DenoiseReport:
     modality: str
     normalizer: IntensityNormalizer
     weight_map: WeightMapStats
+    noise_model: NoiseModelStats
+    formulation: str
     residual_clip: ResidualClipLimits
     training: TrainingStats
     model: ModelProvenance

@@ -1,9 +1,26 @@
-"""Training NS-N2N on the one volume it will denoise.
+"""Training on the one volume that will be denoised: two formulations, one loop.
 
-Each step draws ``batch_size`` neighbouring pairs (x_i, x_{i+1}) with random crops placed on the
-foreground (a crop of pure air or padding teaches nothing), applies the same random flip/rot90 to the
-pair, its weight map and its valid mask, and minimises :func:`nsn2n.losses.nsn2n_loss`. The three
-network evaluations f(x_a), f(x_b), f((x_a+x_b)/2) run as one batch.
+Both draw ``batch_size`` random crops placed on the foreground (a crop of pure air or padding teaches
+nothing) and apply one random flip/rot90 to everything an item holds.
+
+* ``"recorrupted"`` (:class:`RecorruptedSampler`, :func:`recorrupted_step`; the default). The input is
+  slice x_i plus ``alpha * z`` with its ``context_slices`` neighbours on either side as further channels;
+  the target is ``x_i - z / alpha``; ``z`` is synthetic noise drawn from the volume's own noise model
+  (:mod:`nsn2n.noise_model`: its local level and in-plane correlation). If ``z`` has the statistics of
+  the real noise ``n``, the input's noise ``n + alpha z`` and the target's ``n - z / alpha`` are
+  uncorrelated (``E[(n + alpha z)(n - z / alpha)] = sigma^2 - sigma^2 = 0``) and the target's mean is the
+  clean slice, so the mean-squared loss has the clean slice's minimiser (Recorrupted-to-Recorrupted,
+  Pang et al., CVPR 2021). Unlike a neighbouring slice, the target shows the slice's own anatomy: changes
+  of anatomy between slices cannot teach the network to blur, on thick slices too. The neighbours carry
+  independent noise and the same anatomy nearby, so they add information a 2-D denoiser lacks (a 3-D
+  classic filter uses them as well); they are not the target, so their noise cannot leak into it. At
+  inference the network gets the slice as it is, with its neighbours.
+* ``"paper"`` (:class:`PairSampler`, :func:`nsn2n_step`). Neighbouring pairs (x_i, x_{i+1}) with their
+  weight map and valid mask, minimising :func:`nsn2n.losses.nsn2n_loss`; the three network evaluations
+  f(x_a), f(x_b), f((x_a+x_b)/2) run as one batch.
+
+Precision and layout (:mod:`nsn2n.precision`): bf16 autocast where the device computes it natively,
+channels-last inputs; the loss is float32.
 
 Optimiser: AdamW with a linear warm-up over the first 3 % of the budget and a cosine decay to 5 % of
 the learning rate. The schedule follows the larger of the step fraction and the elapsed fraction of the
@@ -25,6 +42,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,9 +50,24 @@ import torch
 from .config import DenoiseConfig
 from .errors import ShouldStop, StopRequested
 from .losses import nsn2n_loss
+from .noise_model import NoiseModel, sigma_from_blocks
+from .precision import autocast, channels_last
 from .progress import ProgressLog
 
-__all__ = ["Batch", "DivergenceGuard", "PairSampler", "StepFn", "TrainingStats", "nsn2n_step", "train_network"]
+__all__ = [
+    "Batch",
+    "DivergenceGuard",
+    "PairSampler",
+    "RecorruptedBatch",
+    "RecorruptedSampler",
+    "StepFn",
+    "TrainingStats",
+    "context_indices",
+    "foreground_mask",
+    "nsn2n_step",
+    "recorrupted_step",
+    "train_network",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +116,12 @@ class PairSampler:
         self.valid = valid
         side = min(crop_size, volume.shape[1], volume.shape[2])  # square: rot90 must keep the shape
         self.crop = (side, side)
-        self.foreground = valid & ((volume - fill).abs() > _FOREGROUND_LEVEL)
+        self.foreground = foreground_mask(volume, valid, fill)
         self.rng = np.random.default_rng(seed)
         self.n_items = volume.shape[0] - 1  # pairs (i, i+1)
 
     def _crop_origin(self, index: int) -> tuple[int, int]:
-        ch, cw = self.crop
-        h, w = self.volume.shape[1:]
-        best, best_fraction = (0, 0), -1.0
-        for _ in range(6):
-            y = int(self.rng.integers(0, h - ch + 1))
-            x = int(self.rng.integers(0, w - cw + 1))
-            fraction = float(self.foreground[index, y : y + ch, x : x + cw].float().mean())
-            if fraction >= _MIN_FOREGROUND:
-                return y, x
-            if fraction > best_fraction:
-                best, best_fraction = (y, x), fraction
-        return best
+        return _foreground_origin(self.foreground[index], self.crop, self.rng)
 
     def pair(self, index: int, window: tuple[slice, slice]) -> tuple[torch.Tensor, ...]:
         """``(x_a, x_b, weight, valid)`` crops of item ``index``: the pair (i, i+1) in random order."""
@@ -127,6 +149,129 @@ class PairSampler:
         return Batch(batch[:, 0:1], batch[:, 1:2], batch[:, 2:3] > 0.5, batch[:, 3:4] > 0.5)
 
 
+def foreground_mask(volume: torch.Tensor, valid: torch.Tensor, fill: float) -> torch.Tensor:
+    """(D, H, W) bool: valid pixels that differ from the padding fill by more than ``_FOREGROUND_LEVEL``
+    network units: what is worth training on and what the noise figures describe."""
+    return valid & ((volume - fill).abs() > _FOREGROUND_LEVEL)
+
+
+def context_indices(index: int, depth: int, context: int) -> list[int]:
+    """Slices ``index - context .. index + context`` of a ``depth``-slice volume, mirrored at its ends.
+
+    Mirroring (``-1 -> 1``, ``depth -> depth - 2``) gives the first and last slices real neighbours
+    with independent noise, the same at training and inference.
+    """
+    out = []
+    for offset in range(-context, context + 1):
+        j = index + offset
+        if j < 0:
+            j = -j
+        if j > depth - 1:
+            j = 2 * (depth - 1) - j
+        out.append(min(max(j, 0), depth - 1))
+    return out
+
+
+@dataclass
+class RecorruptedBatch:
+    """One batch of the recorrupted formulation.
+
+    Attributes:
+        inputs: (B, 2c+1, s, s): neighbours, the recorrupted slice ``x_i + alpha z`` in the middle, neighbours.
+        target: (B, 1, s, s): ``x_i - z / alpha``.
+        valid: (B, 1, s, s) bool: pixels that count in the loss (not padding in the slice).
+    """
+
+    inputs: torch.Tensor
+    target: torch.Tensor
+    valid: torch.Tensor
+
+
+class RecorruptedSampler:
+    """Draws augmented random crops for the recorrupted formulation (see the module docstring).
+
+    Args:
+        volume: (D, H, W) normalised float tensor (on the training device).
+        valid: (D, H, W) bool, False for padding.
+        noise_model: the volume's noise model, in normalised units.
+        context_slices: neighbours on either side in the input.
+        alpha: recorruption scale: input ``+ alpha z``, target ``- z / alpha``.
+        crop_size: crop side; clipped to the shorter side of the slice (crops stay square).
+        fill: normalised fill value of padding (foreground = differs from it).
+        seed: seed of the crop, augmentation and noise generators.
+    """
+
+    def __init__(
+        self,
+        volume: torch.Tensor,
+        valid: torch.Tensor,
+        noise_model: NoiseModel,
+        *,
+        context_slices: int,
+        alpha: float,
+        crop_size: int,
+        fill: float,
+        seed: int,
+    ) -> None:
+        self.volume = volume
+        self.valid = valid
+        self.noise_model = noise_model
+        self.context = context_slices
+        self.alpha = alpha
+        side = min(crop_size, volume.shape[1], volume.shape[2])
+        self.crop = (side, side)
+        self.foreground = foreground_mask(volume, valid, fill)
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator(device=volume.device).manual_seed(seed)
+        self.sigma_blocks = torch.from_numpy(noise_model.sigma_blocks).to(volume.device)
+
+    def _crop_origin(self, index: int) -> tuple[int, int]:
+        return _foreground_origin(self.foreground[index], self.crop, self.rng)
+
+    def sample(self, batch_size: int) -> RecorruptedBatch:
+        """``batch_size`` items, each with one random rot90 and flip on all its crops."""
+        depth, h, w = self.volume.shape
+        side = self.crop[0]
+        picks = []
+        for _ in range(batch_size):
+            i = int(self.rng.integers(0, depth))
+            y, x = self._crop_origin(i)
+            picks.append((i, slice(y, y + side), slice(x, x + side)))
+        sigma = torch.stack([sigma_from_blocks(self.sigma_blocks[i], (h, w))[ys, xs] for i, ys, xs in picks])
+        noise = self.noise_model.sample(sigma, self.generator)
+        items = []
+        for (i, ys, xs), z in zip(picks, noise, strict=True):
+            valid = self.valid[i, ys, xs]
+            z = z * valid
+            slice_i = self.volume[i, ys, xs]
+            channels = [self.volume[j, ys, xs] for j in context_indices(i, depth, self.context)]
+            channels[self.context] = slice_i + self.alpha * z
+            stack = torch.stack([*channels, slice_i - z / self.alpha, valid.to(z.dtype)])
+            stack = torch.rot90(stack, int(self.rng.integers(0, 4)), dims=(1, 2))
+            if self.rng.integers(0, 2):
+                stack = stack.flip(2)
+            items.append(stack)
+        batch = torch.stack(items)
+        n = 2 * self.context + 1
+        return RecorruptedBatch(batch[:, :n], batch[:, n : n + 1], batch[:, n + 1 : n + 2] > 0.5)
+
+
+def _foreground_origin(foreground: torch.Tensor, crop: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+    """A crop origin whose crop holds at least ``_MIN_FOREGROUND`` foreground, else the best of a few draws."""
+    ch, cw = crop
+    h, w = foreground.shape
+    best, best_fraction = (0, 0), -1.0
+    for _ in range(6):
+        y = int(rng.integers(0, h - ch + 1))
+        x = int(rng.integers(0, w - cw + 1))
+        fraction = float(foreground[y : y + ch, x : x + cw].float().mean())
+        if fraction >= _MIN_FOREGROUND:
+            return y, x
+        if fraction > best_fraction:
+            best, best_fraction = (y, x), fraction
+    return best
+
+
 @dataclass(frozen=True)
 class TrainingStats:
     """What happened during training.
@@ -148,7 +293,7 @@ class TrainingStats:
     rollbacks: int = 0
 
 
-StepFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+StepFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
 
 
 def nsn2n_step(config: DenoiseConfig) -> StepFn:
@@ -156,7 +301,7 @@ def nsn2n_step(config: DenoiseConfig) -> StepFn:
 
     def step(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         mid = 0.5 * (batch.x_a + batch.x_b)
-        out = model(torch.cat([batch.x_a, batch.x_b, mid])).float()
+        out = model(channels_last(torch.cat([batch.x_a, batch.x_b, mid]))).float()
         f_a, f_b, f_mid = out.chunk(3)
         terms = nsn2n_loss(
             f_a,
@@ -172,6 +317,14 @@ def nsn2n_step(config: DenoiseConfig) -> StepFn:
         return terms.total, {"recon": terms.recon, "rc": terms.rc, "ic": terms.ic}
 
     return step
+
+
+def recorrupted_step(model: torch.nn.Module, batch: RecorruptedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean squared error between f(recorrupted input) and the recorrupted target over the valid pixels."""
+    out = model(channels_last(batch.inputs)).float()
+    weight = batch.valid.to(out.dtype)
+    loss = (weight * (out - batch.target) ** 2).sum() / weight.sum().clamp_min(1.0)
+    return loss, {"recon": float(loss.detach())}
 
 
 def _learning_rate(base: float, progress: float) -> float:
@@ -266,7 +419,7 @@ def _budget_fraction(step: int, steps: int, elapsed: float, time_cap: float | No
 
 def train_network(
     model: torch.nn.Module,
-    sampler: PairSampler,
+    sampler: PairSampler | RecorruptedSampler,
     step_fn: StepFn,
     config: DenoiseConfig,
     *,
@@ -284,7 +437,6 @@ def train_network(
         return TrainingStats(stopped_by="no_training")
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     guard = DivergenceGuard(model, optimiser, label)
-    amp = device.type == "cuda" and config.mixed_precision
     time_cap = config.training_time_cap
     history_every = max(1, steps // 100)
     progress = ProgressLog(label, total=steps, every_s=config.log_every_s, time_cap_s=time_cap)
@@ -302,7 +454,7 @@ def train_network(
         for group in optimiser.param_groups:
             group["lr"] = _learning_rate(config.learning_rate, fraction) * guard.lr_scale
         batch = sampler.sample(config.batch_size)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, config.mixed_precision):
             loss, parts = step_fn(model, batch)
         value = float(loss.detach())
         if guard.diverged(value, step):

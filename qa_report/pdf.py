@@ -36,29 +36,57 @@ from .run_record import noise_reduction_percent
 
 __all__ = [
     "DEFAULT_METHOD",
+    "METHODS",
     "format_noise",
     "format_reduction",
     "latin1_safe",
     "render_report_pdf",
 ]
 
-#: Method description used when the record has no ``method`` section.
-DEFAULT_METHOD: dict[str, Any] = {
-    "name": "NS-N2N (Neighbouring-Slice Noise2Noise)",
-    "summary": (
-        "Self-supervised: the network is trained on this series alone, without clean references. "
-        "Neighbouring slices show nearly the same anatomy with independent noise, so each slice serves as "
-        "a noisy target for its neighbour (Noise2Noise). A weight map marks the matched regions where the "
-        "low-pass filtered neighbours agree within 3 robust noise units; only there is the neighbour used "
-        "as a target, so the network learns to remove noise rather than anatomy that changes between slices."
-    ),
-    "network": "2-D residual U-Net (predicts the noise; LeakyReLU, no normalisation layers)",
-    "losses": [
-        "masked Noise2Noise reconstruction in matched regions (both directions)",
-        "regional consistency",
-        "inter-slice continuity",
-    ],
+#: Method description per training formulation (the record's ``parameters.formulation``), used when the
+#: record has no ``method`` section; records without a formulation predate the choice and used the paper's.
+METHODS: dict[str, dict[str, Any]] = {
+    "recorrupted": {
+        "name": "NS-N2N, recorrupted formulation (self-supervised, this series only)",
+        "summary": (
+            "Self-supervised: the network is trained on this series alone, without clean references. "
+            "Neighbouring slices show nearly the same anatomy with independent noise; where a pair's outer "
+            "neighbours match, the pair's difference is pure noise, which gives this series' noise model "
+            "(local level and in-plane texture). The network sees each slice with extra synthetic noise from "
+            "that model and its neighbouring slices, and learns to predict the slice minus that noise: the "
+            "target shows the slice's own anatomy, so anatomy that changes between slices is not learnt as "
+            "noise. A residual clip limits each pixel's change to a few local noise standard deviations."
+        ),
+        "network": "2-D residual U-Net, 3 input slices (the slice and its neighbours); no normalisation layers",
+        "losses": ["mean squared error against the recorrupted target (Recorrupted-to-Recorrupted)"],
+    },
+    "paper": {
+        "name": "NS-N2N (Neighbouring-Slice Noise2Noise), paper formulation",
+        "summary": (
+            "Self-supervised: the network is trained on this series alone, without clean references. "
+            "Neighbouring slices show nearly the same anatomy with independent noise, so each slice serves as "
+            "a noisy target for its neighbour (Noise2Noise). A weight map marks the matched regions where the "
+            "low-pass filtered neighbours agree within 3 robust noise units; only there is the neighbour used "
+            "as a target, so the network learns to remove noise rather than anatomy that changes between slices."
+        ),
+        "network": "2-D residual U-Net (predicts the noise; LeakyReLU, no normalisation layers)",
+        "losses": [
+            "masked Noise2Noise reconstruction in matched regions (both directions)",
+            "regional consistency",
+            "inter-slice continuity",
+        ],
+    },
 }
+#: The description of a record that names no formulation.
+DEFAULT_METHOD = METHODS["paper"]
+
+
+def method_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The method description of a run record: by its formulation, overridden by its ``method`` section."""
+    formulation = (record.get("parameters") or {}).get("formulation")
+    base = METHODS.get(str(formulation), DEFAULT_METHOD)
+    return base | dict(record.get("method") or {})
+
 
 # Page geometry (points; A4 portrait).
 _PAGE_W, _PAGE_H = 595.3, 841.9
@@ -420,7 +448,7 @@ def _draw_volume_and_noise(doc: _Layout, record: Mapping[str, Any]) -> None:
 
 
 def _draw_method(doc: _Layout, record: Mapping[str, Any]) -> None:
-    method = DEFAULT_METHOD | dict(record.get("method") or {})
+    method = method_of(record)
     doc.section("Method", min_body=4 * _LINE)
     doc.text(_ML, method.get("name", ""), weight="bold")
     doc.y += _LINE

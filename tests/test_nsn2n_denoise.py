@@ -11,8 +11,8 @@ import torch
 from nsn2n import ConfigError, DenoiseConfig, TrainedModel, VolumeError, denoise_volume
 
 TINY = DenoiseConfig(
-    max_steps=200,
-    batch_size=4,
+    max_steps=400,
+    batch_size=8,
     crop_size=32,
     unet_width=8,
     unet_depth=2,

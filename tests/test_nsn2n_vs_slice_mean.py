@@ -13,8 +13,8 @@ from bench.baselines import through_slice_mean
 from nsn2n import DenoiseConfig, denoise_volume
 
 FEW_STEPS = DenoiseConfig(
-    max_steps=200,
-    batch_size=4,
+    max_steps=600,
+    batch_size=8,
     crop_size=32,
     unet_width=8,
     unet_depth=2,
@@ -60,7 +60,11 @@ def test_nsn2n_beats_the_three_slice_mean_on_moving_anatomy():
         return float(np.sqrt(np.mean((vol - clean)[body] ** 2)))
 
     mean3 = rmse(through_slice_mean(noisy, 3))
-    denoised = rmse(denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", FEW_STEPS).denoised)
     assert mean3 < rmse(noisy)  # the naive average is a real competitor, not a straw man
-    # Measured 0.76 (RMSE 23.9 vs 31.4 HU) on two noise seeds; 0.88 leaves room for core changes.
-    assert denoised < 0.88 * mean3, f"NS-N2N RMSE {denoised:.1f} HU vs 3-slice mean {mean3:.1f} HU"
+    # Default (recorrupted) formulation: measured 0.85, 0.85, 0.78 of the 3-slice mean's RMSE with training
+    # seeds 3, 4, 5 (a tiny network on 10 slices learns slowly from its noisier targets).
+    denoised = rmse(denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", FEW_STEPS).denoised)
+    assert denoised < 0.92 * mean3, f"NS-N2N RMSE {denoised:.1f} HU vs 3-slice mean {mean3:.1f} HU"
+    # The paper's formulation: neighbours match everywhere but on the moving organ (0.76 measured at 200 steps).
+    paper = rmse(denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", FEW_STEPS.replace(formulation="paper")).denoised)
+    assert paper < 0.88 * mean3, f"paper NS-N2N RMSE {paper:.1f} HU vs 3-slice mean {mean3:.1f} HU"

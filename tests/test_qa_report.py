@@ -309,6 +309,7 @@ def _denoise_report(steps: int):
         DenoiseReport,
         ModelProvenance,
         NoiseEstimate,
+        NoiseModelStats,
         ResidualClipLimits,
         StageTimings,
         WeightMapStats,
@@ -326,6 +327,8 @@ def _denoise_report(steps: int):
         modality="CT",
         normalizer=IntensityNormalizer(-1000.0, 1000.0, -1000.0),
         weight_map=WeightMapStats(0.6, 30.0, 20.0),
+        noise_model=NoiseModelStats(26.0, 0.6, "outer pairs", "HU"),
+        formulation="recorrupted",
         residual_clip=ResidualClipLimits(3.0, 1.5),
         training=TrainingStats(steps, "max_steps", 12.0, 0.01, ((steps, 0.01),) if steps else (), 0),
         model=ModelProvenance(None, None) if steps else ModelProvenance("/models/nsn2n_model.pt", 0),
@@ -415,3 +418,12 @@ def test_no_heavy_imports() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_the_method_section_follows_the_training_formulation():
+    from qa_report.pdf import METHODS, method_of
+
+    assert method_of({"parameters": {"formulation": "recorrupted"}})["name"] == METHODS["recorrupted"]["name"]
+    assert method_of({"parameters": {"formulation": "paper"}})["losses"] == METHODS["paper"]["losses"]
+    assert method_of({"parameters": {}})["name"] == METHODS["paper"]["name"]  # older records: the paper's
+    assert method_of({"parameters": {"formulation": "paper"}, "method": {"name": "custom"}})["name"] == "custom"

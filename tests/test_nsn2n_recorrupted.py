@@ -1,0 +1,208 @@
+"""The recorrupted formulation and the noise model it draws from: known answers on tiny volumes (CPU, seconds).
+
+* The noise model measures a known level, its left/right change and a known in-plane correlation.
+* Its samples have the level and correlation asked for.
+* Recorrupted pairs: the input's and the target's noise are uncorrelated when the synthetic noise matches
+  the real one (the property that makes the target unbiased), with variances (1 + alpha^2) and
+  (1 + 1 / alpha^2) times the noise variance; the context channels are the untouched neighbours.
+* The loss is the masked mean squared error; the untrained network returns the middle slice.
+* Context slices are mirrored at the volume's ends, the same in training and inference.
+* A saved model keeps its formulation and input slices; a model saved before they existed loads as the
+  paper's single-slice network.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+
+from nsn2n import DenoiseConfig, TrainedModel, api
+from nsn2n.inference import context_stack, denoise_slices
+from nsn2n.intensity import IntensityNormalizer
+from nsn2n.noise_model import NoiseModel, outer_pair_weights
+from nsn2n.training import RecorruptedBatch, RecorruptedSampler, context_indices, recorrupted_step
+from nsn2n.unet import ResidualUNet
+
+CONFIG = DenoiseConfig(device="cpu", num_threads=1)
+
+
+def _correlated(shape, seed: int, smooth_px: float) -> np.ndarray:
+    """Unit-variance noise, Gaussian-filtered in-plane by ``smooth_px``, independent between slices."""
+    noise = ndi.gaussian_filter(np.random.default_rng(seed).standard_normal(shape), (0, smooth_px, smooth_px))
+    return noise / noise.std()
+
+
+def _model_of(volume: np.ndarray) -> NoiseModel:
+    volume_t = torch.from_numpy(volume.astype(np.float32))
+    valid_t = torch.ones_like(volume_t, dtype=torch.bool)
+    maps = api.configured_weight_maps(volume_t, valid_t, CONFIG)
+    return api.measure_noise_model(volume_t, valid_t, maps, CONFIG)
+
+
+def test_the_noise_model_measures_level_and_in_plane_correlation():
+    # A smooth ramp of anatomy along x (changes between slices: none) plus correlated noise of 0.05.
+    shape = (12, 96, 96)
+    clean = np.broadcast_to(np.linspace(0.5, 1.5, shape[2], dtype=np.float32), shape)
+    noise = _correlated(shape, seed=0, smooth_px=1.0)
+    model = _model_of(clean + 0.05 * noise)
+    assert model.source == "outer pairs"
+    assert model.level() == pytest.approx(0.05, rel=0.08)
+    measured_lag1 = float(np.corrcoef(noise[:, :, 1:].ravel(), noise[:, :, :-1].ravel())[0, 1])
+    assert measured_lag1 > 0.7  # the injected noise is strongly correlated in-plane
+    assert model.lag1_correlation == pytest.approx(measured_lag1, abs=0.08)
+    white = _model_of(clean + 0.05 * np.random.default_rng(1).standard_normal(shape))
+    assert abs(white.lag1_correlation) < 0.05 and white.level() == pytest.approx(0.05, rel=0.08)
+
+
+def test_the_noise_level_follows_a_change_across_the_slice():
+    shape = (12, 64, 128)
+    level = np.where(np.arange(shape[2]) < 64, 0.02, 0.08).astype(np.float32)
+    volume = 1.0 + level * np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    model = _model_of(volume)
+    sigma = model.sigma_map(6)
+    assert np.median(sigma[:, :48]) == pytest.approx(0.02, rel=0.15)
+    assert np.median(sigma[:, 80:]) == pytest.approx(0.08, rel=0.15)
+
+
+def test_samples_have_the_requested_level_and_the_model_correlation():
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[2, 1:4] = 1 / np.sqrt(3)  # horizontal 3-tap box: lag-1 correlation 2/3 along x, 0 along y
+    model = NoiseModel(np.full((1, 8, 8), 0.1, np.float32), kernel, (1, 64, 64), 2 / 3, "test")
+    z = model.sample(torch.full((64, 64, 64), 0.1), torch.Generator().manual_seed(0)).numpy()
+    assert z.std() == pytest.approx(0.1, rel=0.02)
+    assert np.corrcoef(z[:, :, 1:].ravel(), z[:, :, :-1].ravel())[0, 1] == pytest.approx(2 / 3, abs=0.02)
+    assert abs(np.corrcoef(z[:, 1:, :].ravel(), z[:, :-1, :].ravel())[0, 1]) < 0.02
+
+
+def _white_model(shape, sigma: float) -> NoiseModel:
+    kernel = np.zeros((3, 3), np.float32)
+    kernel[1, 1] = 1.0
+    blocks = np.full((shape[0], -(-shape[1] // 8), -(-shape[2] // 8)), sigma, np.float32)
+    return NoiseModel(blocks, kernel, shape, 0.0, "test")
+
+
+def test_recorrupted_input_and_target_noises_are_uncorrelated():
+    shape, sigma, alpha = (6, 48, 48), 0.05, 0.5
+    clean = 1.0  # flat anatomy: every deviation from 1 is noise
+    real = sigma * np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    volume = torch.from_numpy(clean + real)
+    sampler = RecorruptedSampler(
+        volume,
+        torch.ones(shape, dtype=torch.bool),
+        _white_model(shape, sigma),
+        context_slices=1,
+        alpha=alpha,
+        crop_size=32,
+        fill=0.0,
+        seed=0,
+    )
+    inputs, targets = [], []
+    for _ in range(40):
+        batch = sampler.sample(8)
+        assert batch.inputs.shape == (8, 3, 32, 32) and batch.target.shape == (8, 1, 32, 32)
+        assert bool(batch.valid.all())
+        inputs.append(batch.inputs[:, 1] - clean)
+        targets.append(batch.target[:, 0] - clean)
+    n_in, n_target = torch.cat(inputs).flatten().double(), torch.cat(targets).flatten().double()
+    var = sigma**2
+    assert float(n_in.var()) == pytest.approx((1 + alpha**2) * var, rel=0.05)
+    assert float(n_target.var()) == pytest.approx((1 + 1 / alpha**2) * var, rel=0.05)
+    assert abs(float((n_in * n_target).mean())) < 0.05 * var  # E[(n + a z)(n - z / a)] = var(n) - var(z) = 0
+
+
+def test_context_channels_are_the_untouched_neighbours():
+    shape = (5, 32, 32)
+    volume = torch.arange(5, dtype=torch.float32)[:, None, None].expand(shape) + 1.0  # slice i holds i + 1
+    sampler = RecorruptedSampler(
+        volume.contiguous(),
+        torch.ones(shape, dtype=torch.bool),
+        _white_model(shape, 0.01),
+        context_slices=2,
+        alpha=0.5,
+        crop_size=32,
+        fill=0.0,
+        seed=1,
+    )
+    batch = sampler.sample(16)
+    centre = batch.inputs[:, 2].mean(dim=(1, 2)).round()  # the recorrupted slice, noise averages out
+    for item in range(16):
+        i = int(centre[item]) - 1
+        expected = [j + 1.0 for j in context_indices(i, 5, 2)]
+        for channel in (0, 1, 3, 4):
+            assert torch.all(batch.inputs[item, channel] == expected[channel])
+
+
+def test_context_indices_mirror_at_the_ends():
+    assert context_indices(0, 5, 1) == [1, 0, 1]
+    assert context_indices(4, 5, 1) == [3, 4, 3]
+    assert context_indices(0, 5, 2) == [2, 1, 0, 1, 2]
+    assert context_indices(2, 3, 2) == [0, 1, 2, 1, 0]
+    volume = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 2), np.float32)
+    stack = context_stack(volume, range(4), 1)
+    assert stack[:, :, 0, 0].tolist() == [[1, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 2]]
+
+
+def test_the_untrained_network_returns_the_middle_slice_and_the_loss_is_the_masked_mse():
+    torch.manual_seed(0)
+    net = ResidualUNet(width=4, depth=2, in_channels=3)
+    x = torch.randn(2, 3, 20, 20)
+    assert torch.equal(net(x), x[:, 1:2])
+    with pytest.raises(ValueError, match="odd"):
+        ResidualUNet(width=4, depth=2, in_channels=2)
+    target = torch.zeros(2, 1, 20, 20)
+    valid = torch.zeros(2, 1, 20, 20, dtype=torch.bool)
+    valid[:, :, :10] = True
+    loss, parts = recorrupted_step(net, RecorruptedBatch(x, target, valid))
+    expected = float((x[:, 1:2][valid] ** 2).mean())
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    assert parts["recon"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_inference_feeds_the_network_its_context():
+    class MeanOfNeighbours(torch.nn.Module):
+        in_channels = 3
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * (x[:, 0:1] + x[:, 2:3])
+
+    volume = (np.arange(4, dtype=np.float32)[:, None, None] ** 2) * np.ones((4, 16, 16), np.float32)
+    out = denoise_slices(MeanOfNeighbours(), volume, device=torch.device("cpu"), batch=3, mixed_precision=False)
+    assert out[:, 0, 0].tolist() == [1.0, 2.0, 5.0, 4.0]  # slices hold 0, 1, 4, 9; mirrored at both ends
+
+
+def test_a_saved_model_keeps_its_formulation_and_context(tmp_path):
+    net = ResidualUNet(width=4, depth=2, in_channels=5)
+    normalizer = IntensityNormalizer.for_volume(np.zeros((3, 16, 16), np.float32) - 1000, "CT")
+    TrainedModel(net, normalizer, "CT", formulation="recorrupted").save(tmp_path)
+    loaded = TrainedModel.load(tmp_path)
+    assert loaded.network.in_channels == 5 and loaded.formulation == "recorrupted"
+    meta = json.loads((tmp_path / api.MODEL_INFO_FILE).read_text())
+    assert meta["in_channels"] == 5 and meta["formulation"] == "recorrupted"
+
+
+def test_a_model_saved_before_context_slices_loads_as_the_paper_network(tmp_path):
+    net = ResidualUNet(width=4, depth=2)
+    normalizer = IntensityNormalizer.for_volume(np.zeros((3, 16, 16), np.float32) - 1000, "CT")
+    TrainedModel(net, normalizer, "CT").save(tmp_path)
+    payload = torch.load(tmp_path / api.MODEL_FILE, weights_only=True)
+    for key in ("in_channels", "formulation"):
+        del payload["meta"][key]
+    torch.save(payload, tmp_path / api.MODEL_FILE)
+    loaded = TrainedModel.load(tmp_path)
+    assert loaded.network.in_channels == 1 and loaded.formulation == "paper"
+
+
+def test_outer_pairs_are_the_maps_of_slices_three_apart():
+    calls = []
+
+    def match(sub: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        calls.append(sub[:, 0, 0].tolist())
+        return torch.ones((sub.shape[0] - 1, *sub.shape[1:]), dtype=torch.bool)
+
+    volume = torch.arange(8, dtype=torch.float32)[:, None, None].expand(8, 4, 4)
+    outer = outer_pair_weights(volume, None, match)
+    assert calls == [[0, 3, 6], [1, 4, 7], [2, 5]]
+    # pair (j, j+1) takes the map of (j-1, j+2): pairs 1..5 have one, pair 0 and pair 6 do not
+    assert [bool(outer[j].all()) for j in range(7)] == [False, True, True, True, True, True, False]
