@@ -134,8 +134,8 @@ class SeriesJob:
         """Measure how much anatomy the denoiser removed (``removed_structure``), from the input and output.
 
         Padding pixels (Pixel Padding Value) are left out. At most ``max_slices`` evenly spaced slices are
-        evaluated, so the check costs seconds on any series. When the check fires, its one-line warning
-        is logged here; the writer adds it to the run record's warnings.
+        evaluated, so the check's time and memory do not grow with the number of slices. When the check
+        fires, its one-line warning is logged here; the writer adds it to the run record's warnings.
         """
         started = time.monotonic()
         check = removed_structure_index(
