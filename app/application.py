@@ -111,6 +111,7 @@ class NSN2NDenoiseApp(Application):
             model_path=model_path,
             finetune_steps=settings.finetune_steps,
             save_model=settings.save_model,
+            removed_structure_threshold=settings.removed_structure_threshold,
             name="nsn2n_denoise",
         )
         writer = DerivedSeriesWriterOperator(

@@ -8,6 +8,7 @@ Precedence: environment variable ``NSN2N_<KEY>`` > app.yaml ``denoise.<key>`` > 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sysconfig
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ import yaml
 from dicom_series import DEFAULT_SERIES_NUMBER_OFFSET, check_series_description
 from nsn2n import ConfigError, DenoiseConfig
 from nsn2n.config import coerce_value
+from qa_report.residual_structure import DEFAULT_THRESHOLD as REMOVED_STRUCTURE_THRESHOLD
 
 __all__ = ["ENV_PREFIX", "AppSettings", "default_config_path", "load_settings"]
 
@@ -44,6 +46,9 @@ class AppSettings:
         finetune_steps: with a saved model (``-m``): 0 = inference only, N = fine-tune N steps first.
         save_model: save the trained model into the workdir for later ``-m`` runs.
         modalities: modalities selected for denoising.
+        removed_structure_threshold: the removed-structure index above which a written series gets a
+            warning and its QA report the status WARNING (``qa_report.residual_structure``; the default was
+            chosen on the benchmark's tuning set, ``bench/residual_flag.py``). A number >= 0.
     """
 
     algorithm: DenoiseConfig = field(default_factory=DenoiseConfig)
@@ -54,6 +59,7 @@ class AppSettings:
     finetune_steps: int = 0
     save_model: bool = True
     modalities: tuple[str, ...] = ("CT", "MR")
+    removed_structure_threshold: float = REMOVED_STRUCTURE_THRESHOLD
 
     def __post_init__(self) -> None:
         try:
@@ -70,6 +76,15 @@ class AppSettings:
         for name in ("strict", "qa_report", "save_model"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        threshold = self.removed_structure_threshold
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not math.isfinite(threshold)
+            or threshold < 0
+        ):
+            raise ConfigError("removed_structure_threshold", f"must be a number >= 0, got {threshold!r}")
+        object.__setattr__(self, "removed_structure_threshold", float(threshold))
         if not self.modalities or not all(isinstance(m, str) and m.isalnum() for m in self.modalities):
             what = "must be a non-empty list of DICOM modality codes"
             raise ConfigError("modalities", f"{what}, got {self.modalities!r}")
@@ -153,5 +168,5 @@ def _convert(key: str, value: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
         return tuple(str(v).upper() for v in value) if isinstance(value, list | tuple) else value
-    types_ = {"str": str, "int": int, "bool": bool}
+    types_ = {"str": str, "int": int, "bool": bool, "float": float}
     return coerce_value(key, value, types_.get(hint, str))

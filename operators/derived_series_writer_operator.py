@@ -332,6 +332,7 @@ class DerivedSeriesWriterOperator(Operator):
             model_saved_to=job.model_saved_to,
             load_s=job.load_s,
             write_s=written.seconds if written is not None else None,
+            removed_structure=job.removed_structure,
             warnings=tuple(job.source.warnings) if job.source is not None else (),
         )
 

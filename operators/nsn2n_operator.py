@@ -3,7 +3,8 @@
 A thin adapter around :func:`nsn2n.denoise_volume`. With ``-m MODEL_DIR`` holding a model saved by an
 earlier run, the model is loaded once (with the first series) and applied without training (or
 fine-tuned for ``finetune_steps``). After training, the model goes into the work folder, never into the
-output folder.
+output folder. Each denoised series is then checked for removed anatomy
+(:meth:`~operators.series_job.SeriesJob.check_removed_structure`) while its input is still at hand.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ class NSN2NDenoiseOperator(SeriesStepOperator):
         config: DenoiseConfig,
         workdir: Path,
         strict: bool,
+        removed_structure_threshold: float,
         model_path: Path | None = None,
         finetune_steps: int = 0,
         save_model: bool = True,
         **kwargs,
     ) -> None:
         self.config = config
+        self.removed_structure_threshold = removed_structure_threshold
         self.workdir = Path(workdir)
         self.strict = strict
         self.model_path = Path(model_path) if model_path else None
@@ -98,6 +101,7 @@ class NSN2NDenoiseOperator(SeriesStepOperator):
             return
         except ConfigError as exc:
             raise ModelError(str(exc)) from None
+        job.check_removed_structure(self.removed_structure_threshold)
         if self.save_model and (saved is None or self.finetune_steps):
             folder = job.workdir(self.workdir)
             require_folder(self.workdir, "work", f"save the model into {folder}")

@@ -14,11 +14,16 @@ A series with several images per position (echoes, b-values, phases, orientation
 3-D stack (``dicom_series.stacks``): each job is then loaded, denoised and written on its own, with its
 own derived series and its own run record in ``<work>/nsn2n/<source SeriesInstanceUID>/<stack key>/``.
 In logs a job is named ``<SeriesInstanceUID> [<stack label>]`` (:attr:`SeriesJob.name`).
+
+Once denoised, a job is checked for removed anatomy (:meth:`SeriesJob.check_removed_structure`, the
+rule: ``qa_report/residual_structure.py``) while its input and output are both in memory; the writer
+puts the result into the run record and the QA report.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monai.deploy.core import Operator, OperatorSpec
+
+from qa_report.residual_structure import DEFAULT_MAX_SLICES, ResidualStructure, removed_structure_index
 
 from .exit_status import RunError, StopRequest, StrictModeError, as_run_error
 
@@ -63,6 +70,7 @@ class SeriesJob:
         skipped_in: the stage that skipped it (``"load"``, ``"denoise"``, ``"write"``).
         fatal: the error that ends the run, or ``None``.
         stack: the 3-D stack of the series this job is, or ``None`` when the series is not split.
+        removed_structure: the removed-anatomy check of the denoised volume once done.
     """
 
     series_uid: str | None
@@ -78,6 +86,7 @@ class SeriesJob:
     skipped_in: str | None = None
     fatal: RunError | None = None
     stack: Stack | None = None
+    removed_structure: ResidualStructure | None = None
 
     @classmethod
     def run_failure(cls, error: RunError) -> SeriesJob:
@@ -118,6 +127,37 @@ class SeriesJob:
             yield
         except Exception as exc:
             self.fatal = as_run_error(exc, operator)
+
+    def check_removed_structure(
+        self, threshold: float, max_slices: int | None = DEFAULT_MAX_SLICES
+    ) -> ResidualStructure:
+        """Measure how much anatomy the denoiser removed (``removed_structure``), from the input and output.
+
+        Padding pixels (Pixel Padding Value) are left out. At most ``max_slices`` evenly spaced slices are
+        evaluated, so the check's time and memory do not grow with the number of slices. When the check
+        fires, its one-line warning is logged here; the writer adds it to the run record's warnings.
+        """
+        started = time.monotonic()
+        check = removed_structure_index(
+            self.source.volume,
+            self.result.denoised,
+            ~self.source.padding_mask,
+            threshold=threshold,
+            max_slices=max_slices,
+        )
+        self.removed_structure = check
+        log.info(
+            "series %s: removed-structure index %s (threshold %g; %d edge pixels on %d slices; %.1f s)",
+            self.name,
+            f"{check.index:.2f}" if check.edge_pixels else "n/a (no edges)",
+            check.threshold,
+            check.edge_pixels,
+            check.slices,
+            time.monotonic() - started,
+        )
+        if check.warning is not None:
+            log.warning("series %s: %s", self.name, check.warning)
+        return check
 
     def release(self) -> None:
         """Drop the volumes and the network once the series is written: the next series needs the memory."""

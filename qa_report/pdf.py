@@ -2,8 +2,13 @@
 
 The PDF is drawn with matplotlib's PDF backend (no pyplot, no GUI) using embedded TrueType (Type 42)
 fonts, so all text is real, extractable text. Page 1 summarises the run (source/derived series,
-geometry, noise before/after, method, training, timings, parameters, warnings); page 2 shows the
-before/after/difference montage and the training loss curve. Long content flows onto further pages.
+geometry, noise before/after, the removed-structure check, method, training, timings, parameters,
+warnings); page 2 shows the before/after/difference montage and the training loss curve. Long content
+flows onto further pages.
+
+The status in the title is the record's (``OK``, ``SKIPPED``, ``FAILED``), except that a written series
+whose removed-structure check fired shows ``WARNING``: the series was written (the exit code does not
+change), but its difference image holds anatomy and the reader should look at the montage first.
 
 Privacy: the report is built **only** from the run record, which by design holds no patient identifiers
 (no patient name, patient ID, birth date or accession number; see ``run_record.schema.json``), and from
@@ -37,6 +42,7 @@ from .run_record import noise_reduction_percent
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
+    "display_status",
     "format_noise",
     "format_reduction",
     "latin1_safe",
@@ -93,6 +99,8 @@ _PAGE_W, _PAGE_H = 595.3, 841.9
 _ML, _MR, _MT, _MB = 46.0, 46.0, 42.0, 48.0
 _CONTENT_W = _PAGE_W - _ML - _MR
 _RED = "#b3261e"
+_AMBER = "#b06000"
+_GREEN = "#1e7b34"
 _GREY = "#5f6368"
 _LIGHT = "#f1f3f4"
 _RULE = "#c8ccd0"
@@ -334,11 +342,20 @@ def _creation_date(created: Any) -> _dt.datetime | None:
         return None
 
 
+def display_status(record: Mapping[str, Any]) -> str:
+    """The status the report shows: the record's in upper case, ``WARNING`` for a written series whose
+    removed-structure check fired (see the module docstring)."""
+    status = str(record.get("status") or "unknown").upper()
+    if status == "OK" and _get(record, "removed_structure", "fired") is True:
+        return "WARNING"
+    return status
+
+
 def _draw_title(doc: _Layout, record: Mapping[str, Any]) -> None:
     software = record.get("software") or {}
     doc.text(_ML, "NS-N2N denoising - QA report", size=19, weight="bold")
     doc.y += 26
-    status = str(record.get("status") or "unknown").upper()
+    status = display_status(record)
     sub = "   |   ".join(
         [
             f"{_fmt_value(software.get('name', '?'))} {_fmt_value(software.get('version', '?'))}",
@@ -347,7 +364,7 @@ def _draw_title(doc: _Layout, record: Mapping[str, Any]) -> None:
         ]
     )
     doc.text(_ML, sub, size=8.5, color=_GREY)
-    colour = {"OK": "#1e7b34", "SKIPPED": "#b06000"}.get(status, _RED)
+    colour = {"OK": _GREEN, "SKIPPED": _AMBER, "WARNING": _AMBER}.get(status, _RED)
     doc.text(_PAGE_W - _MR, f"Status: {status}", size=10, weight="bold", color=colour, ha="right", y=doc.y - 26)
     doc.y += 18
     # The notice box.
@@ -434,7 +451,7 @@ def _draw_volume_and_noise(doc: _Layout, record: Mapping[str, Any]) -> None:
             format_reduction(before, after),
             size=13,
             weight="bold",
-            color="#1e7b34",
+            color=_GREEN,
             y=doc.y + 16,
         )
         est = _wrap("Estimator: " + str(noise.get("estimator") or "n/a"), col_w - 16, 7.5)
@@ -445,6 +462,41 @@ def _draw_volume_and_noise(doc: _Layout, record: Mapping[str, Any]) -> None:
         doc.text(x, "Noise: not measured", color=_GREY)
         y_noise = doc.y + _LINE
     doc.y = max(y_vol, y_noise)
+
+
+def _draw_removed_structure(doc: _Layout, record: Mapping[str, Any]) -> None:
+    check = record.get("removed_structure")
+    if not isinstance(check, Mapping):
+        return  # not measured (series not denoised, or a record older than schema 1.2)
+    doc.section("Removed structure (difference image)", min_body=4 * _LINE)
+    index, threshold = check.get("index"), check.get("threshold")
+    fired = check.get("fired") is True
+    col_w = (_CONTENT_W - 16) / 2
+    rows = [
+        ("Index", f"{index:.2f}" if isinstance(index, int | float) else "n/a (no edges to measure)"),
+        ("Threshold", f"{threshold:g}" if isinstance(threshold, int | float) else "n/a"),
+        ("Edge pixels", check.get("edge_pixels")),
+        ("Slices evaluated", check.get("slices")),
+    ]
+    y_rows = doc.kv_block(rows, x=_ML, width=col_w, key_w=78)
+    x = _ML + col_w + 16
+    verdict = "FIRED: structure removed" if fired else "quiet: noise removed"
+    doc.text(x, verdict, size=11, weight="bold", color=_AMBER if fired else _GREEN)
+    y_text = doc.y + 16
+    explanation = (
+        "The difference image holds anatomical edges: the denoiser removed structure as well as noise. "
+        "Review the difference column of the montage before using this series."
+        if fired
+        else "The difference image holds no more energy on edges than beside them, as removed noise does."
+    )
+    explanation += (
+        " Index: difference energy on the output's edges over the energy right beside them, minus 1 "
+        "(0: noise only); the check fires above the threshold."
+    )
+    for line in _wrap(explanation, col_w, 7.5):
+        doc.text(x, line, size=7.5, color=_GREY, y=y_text)
+        y_text += 10
+    doc.y = max(y_rows, y_text)
 
 
 def _draw_method(doc: _Layout, record: Mapping[str, Any]) -> None:
@@ -544,7 +596,7 @@ def _draw_warnings(doc: _Layout, record: Mapping[str, Any], max_warnings: int = 
         for k, line in enumerate(lines):
             doc.ensure(_LINE)
             if k == 0:
-                doc.rect(_ML + 1, doc.y + 2.5, 3.5, 3.5, facecolor="#b06000", edgecolor="none")
+                doc.rect(_ML + 1, doc.y + 2.5, 3.5, 3.5, facecolor=_AMBER, edgecolor="none")
             doc.text(_ML + 10, line)
             doc.y += _LINE
     if len(warnings) > max_warnings:
@@ -628,6 +680,7 @@ def render_report_pdf(record: Mapping[str, Any], montage_png: bytes | None) -> b
         _draw_title(doc, record)
         _draw_series(doc, record)
         _draw_volume_and_noise(doc, record)
+        _draw_removed_structure(doc, record)
         _draw_method(doc, record)
         _draw_training(doc, record)
         _draw_parameters(doc, record)

@@ -23,6 +23,13 @@ holds twice as much energy on edges as beside them. The index is dimensionless a
 the intensity unit or the noise level. :data:`DEFAULT_THRESHOLD` is where the check fires; its value is
 chosen on the benchmark's tuning set (``bench/residual_flag.py``), not on the report set.
 
+Every term is in-plane except the output's gradient, whose Sobel kernel also smooths over the two
+neighbouring slices. So the index can be evaluated on a subset of the slices (``max_slices``: evenly
+spaced, each with its real neighbours for the gradient) and then equals the index of the whole volume
+restricted to those slices; the edge and "flat half" quantiles are then taken over those slices. The
+application evaluates at most :data:`DEFAULT_MAX_SLICES` slices, so that the check's time and memory do
+not grow with the number of slices of a series; the benchmark evaluates every slice.
+
 Imports numpy and scipy only (no torch, no Holoscan).
 """
 
@@ -33,10 +40,27 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DEFAULT_THRESHOLD", "ResidualStructure", "removed_structure_index"]
+__all__ = [
+    "DEFAULT_MAX_SLICES",
+    "DEFAULT_THRESHOLD",
+    "REMOVED_STRUCTURE_WARNING",
+    "ResidualStructure",
+    "evenly_spaced_slices",
+    "removed_structure_index",
+]
 
 #: Index above which the difference image is taken to contain anatomy (chosen on the benchmark's tuning set).
 DEFAULT_THRESHOLD = 1.0
+#: Slices the application evaluates (evenly spaced; every slice of a series with fewer), about as many as the
+#: benchmark volumes the threshold was chosen on hold (``bench/cases.py``).
+DEFAULT_MAX_SLICES = 32
+
+#: What a fired check means for the reader, one line (run record warnings, log, QA report).
+REMOVED_STRUCTURE_WARNING = (
+    "removed-structure check fired (index {index:.2f} > threshold {threshold:g}): the difference image "
+    "(input - denoised) holds anatomical edges, so the denoiser removed structure as well as noise; "
+    "review the QA montage's difference column before using this series"
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,7 @@ class ResidualStructure:
         beside_energy: mean over the same pixels of the local d^2 beside the edges.
         edge_pixels: number of edge pixels that entered the index.
         threshold: the threshold :attr:`fires` compares with.
+        slices: number of slices evaluated (``None``: not recorded).
     """
 
     index: float
@@ -56,11 +81,27 @@ class ResidualStructure:
     beside_energy: float
     edge_pixels: int
     threshold: float = DEFAULT_THRESHOLD
+    slices: int | None = None
 
     @property
     def fires(self) -> bool:
         """True when the difference image holds anatomy by this measure (index above the threshold)."""
         return bool(np.isfinite(self.index) and self.index > self.threshold)
+
+    @property
+    def warning(self) -> str | None:
+        """The one-line warning when the check fires (what it means for the reader), else ``None``."""
+        return REMOVED_STRUCTURE_WARNING.format(index=self.index, threshold=self.threshold) if self.fires else None
+
+    def as_dict(self) -> dict[str, float | int | bool | None]:
+        """The run record's ``removed_structure`` section (JSON-native; a NaN index becomes ``None``)."""
+        return {
+            "index": float(self.index) if np.isfinite(self.index) else None,
+            "threshold": float(self.threshold),
+            "edge_pixels": int(self.edge_pixels),
+            "slices": self.slices,
+            "fired": self.fires,
+        }
 
 
 def _inplane(size: float) -> tuple[float, float, float]:
@@ -75,6 +116,38 @@ def _dilate_inplane(mask: np.ndarray, iterations: int) -> np.ndarray:
     return ndimage.binary_dilation(mask, st, iterations=iterations)
 
 
+def evenly_spaced_slices(depth: int, max_slices: int | None) -> np.ndarray:
+    """Indices of at most ``max_slices`` slices spread evenly over ``depth``, first and last included;
+    every slice when ``max_slices`` is ``None`` or not below ``depth``."""
+    if max_slices is None or depth <= max_slices:
+        return np.arange(depth)
+    if max_slices < 1:
+        raise ValueError(f"max_slices must be >= 1, got {max_slices}")
+    if max_slices == 1:
+        return np.array([depth // 2])
+    return np.unique(np.round(np.linspace(0, depth - 1, max_slices)).astype(int))
+
+
+def _output_gradient(y: np.ndarray, zs: np.ndarray, smooth_px: float) -> np.ndarray:
+    """In-plane gradient magnitude of the smoothed output at slices ``zs``, as the whole volume's would be.
+
+    ``ndimage.sobel`` smooths over the neighbouring slices too (``[1, 2, 1]`` along z, ``reflect`` at the
+    ends), so each slice is taken with its two neighbours (mirrored at the ends, as ``reflect`` does).
+    """
+    depth = y.shape[0]
+    if len(zs) == depth:
+        smooth = ndimage.gaussian_filter(np.asarray(y, dtype=np.float64), _inplane(smooth_px))
+        return np.hypot(ndimage.sobel(smooth, axis=1), ndimage.sobel(smooth, axis=2))
+    triplets = np.stack([np.maximum(zs - 1, 0), zs, np.minimum(zs + 1, depth - 1)], axis=1)
+    needed, where = np.unique(triplets, return_inverse=True)
+    smooth = ndimage.gaussian_filter(np.asarray(y[needed], dtype=np.float64), _inplane(smooth_px))
+    grad = np.empty((len(zs), *y.shape[1:]))
+    for i, slab in enumerate(where.reshape(triplets.shape)):
+        three = smooth[slab]
+        grad[i] = np.hypot(ndimage.sobel(three, axis=1), ndimage.sobel(three, axis=2))[1]
+    return grad
+
+
 def removed_structure_index(
     original: np.ndarray,
     denoised: np.ndarray,
@@ -86,6 +159,7 @@ def removed_structure_index(
     far_px: int = 7,
     window_px: float = 6.0,
     threshold: float = DEFAULT_THRESHOLD,
+    max_slices: int | None = None,
 ) -> ResidualStructure:
     """Removed-structure index of a denoising, from its input and output only (see the module docstring).
 
@@ -98,12 +172,14 @@ def removed_structure_index(
         near_px, far_px: the "beside" ring lies between these distances (pixels, in-plane) from an edge.
         window_px: Gaussian sigma (pixels) of the local average of the beside energy.
         threshold: stored in the result for :attr:`ResidualStructure.fires`.
+        max_slices: evaluate at most this many evenly spaced slices (:func:`evenly_spaced_slices`);
+            ``None``: every slice. The result is the index of the volume restricted to those slices.
 
     Returns:
         :class:`ResidualStructure`; ``index`` is NaN when there are no edges or no beside pixels.
     """
-    x = np.asarray(original, dtype=np.float64)
-    y = np.asarray(denoised, dtype=np.float64)
+    x = np.asarray(original)
+    y = np.asarray(denoised)
     if x.shape != y.shape:
         raise ValueError(f"original {x.shape} and denoised {y.shape} differ in shape")
     if x.ndim == 2:
@@ -112,13 +188,15 @@ def removed_structure_index(
     if x.ndim != 3:
         raise ValueError(f"expected a 2-D or 3-D volume, got {x.ndim} dimensions")
     valid = np.ones(x.shape, bool) if valid is None else np.asarray(valid, bool).reshape(x.shape)
+    zs = evenly_spaced_slices(x.shape[0], max_slices)
+    grad = _output_gradient(y, zs, smooth_px)
+    x, y, valid = x[zs].astype(np.float64), y[zs].astype(np.float64), valid[zs]
     energy = np.where(valid, (x - y) ** 2, 0.0)
+    nan = float("nan")
 
-    smooth = ndimage.gaussian_filter(y, _inplane(smooth_px))
-    grad = np.hypot(ndimage.sobel(smooth, axis=1), ndimage.sobel(smooth, axis=2))
     values = grad[valid]
     if values.size == 0:
-        return ResidualStructure(float("nan"), float("nan"), float("nan"), 0, threshold)
+        return ResidualStructure(nan, nan, nan, 0, threshold, len(zs))
     edges = valid & (grad >= np.quantile(values, 1.0 - edge_fraction)) & (grad > 0)
     beside = _dilate_inplane(edges, far_px) & ~_dilate_inplane(edges, near_px - 1)
     beside &= valid & (grad < np.median(values))
@@ -128,10 +206,10 @@ def removed_structure_index(
     use = edges & (weight > 1e-3)
     n = int(use.sum())
     if n == 0:
-        return ResidualStructure(float("nan"), float("nan"), float("nan"), 0, threshold)
+        return ResidualStructure(nan, nan, nan, 0, threshold, len(zs))
     edge_energy = float(energy[use].mean())
     beside_energy = float((local[use] / weight[use]).mean())
     # No difference beside the edges: 0 when there is none on them either, else unbounded.
     ratio = edge_energy / beside_energy if beside_energy > 0 else (1.0 if edge_energy <= 0 else float("inf"))
     index = ratio - 1.0
-    return ResidualStructure(index, edge_energy, beside_energy, n, threshold)
+    return ResidualStructure(index, edge_energy, beside_energy, n, threshold, len(zs))

@@ -1,7 +1,8 @@
 """The per-series run record (``run.json``): build, validate, write.
 
 The record is a JSON-native dict described by ``run_record.schema.json`` (JSON Schema draft 2020-12,
-``SCHEMA_VERSION`` "1.1"). It deliberately holds **no patient identifiers** (no patient name, patient
+``SCHEMA_VERSION`` "1.2"; records of earlier minor versions validate, since a minor version only adds
+optional fields). It deliberately holds **no patient identifiers** (no patient name, patient
 ID, birth date, accession number): only UIDs, series descriptions, geometry, parameters, timings and
 quality figures, so it can be kept and shared as a processing log.
 
@@ -35,6 +36,8 @@ from .files import atomic_write_bytes
 if TYPE_CHECKING:  # only for annotations: this package does not import the denoiser (torch)
     from nsn2n.report import DenoiseReport
 
+    from .residual_structure import ResidualStructure
+
 __all__ = [
     "SCHEMA_PATH",
     "SCHEMA_VERSION",
@@ -54,7 +57,7 @@ __all__ = [
     "write_run_record",
 ]
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 SCHEMA_PATH = Path(__file__).with_name("run_record.schema.json")
 #: Stage names of ``timings_s`` (all required; ``None`` = stage not run).
 TIMING_STAGES = ("load", "weight_map", "train", "inference", "write", "total")
@@ -234,7 +237,7 @@ def make_run_record(
     """Build a run record with defaults for everything not given.
 
     Defaults: ``schema_version``, ``software {name, version}``, ``created`` = now (UTC),
-    ``derived/volume/training/noise`` = None, ``timings_s`` = all stages None except ``total`` 0.0,
+    ``derived/volume/training/noise/removed_structure`` = None, ``timings_s`` = all stages None except ``total`` 0.0,
     ``model`` = nothing loaded/saved, ``warnings`` = [], ``status`` = "ok", ``error`` = None. Any
     top-level field can be given as a keyword (``volume=...``, ``noise=...``, ``status="failed"``, ...);
     ``timings_s`` and ``model`` given partially are merged into the defaults. The result is converted
@@ -252,6 +255,7 @@ def make_run_record(
         "timings_s": {stage: None for stage in TIMING_STAGES} | {"total": 0.0},
         "training": None,
         "noise": None,
+        "removed_structure": None,
         "model": {"loaded_from": None, "saved_to": None, "finetune_steps": 0},
         "warnings": [],
         "status": "ok",
@@ -376,7 +380,8 @@ class RunRecord:
         qa_report: the QA outputs, ``None`` when none were written.
         model_saved_to: where the trained model was saved, or ``None``.
         load_s, write_s: seconds of the application's own stages (the denoiser times the others).
-        warnings: the application's warnings (the report's follow them).
+        removed_structure: the removed-anatomy check of the output, ``None`` when not measured.
+        warnings: the application's warnings (the report's follow them, then the removed-anatomy check's).
     """
 
     software_name: str
@@ -392,6 +397,7 @@ class RunRecord:
     model_saved_to: str | None = None
     load_s: float | None = None
     write_s: float | None = None
+    removed_structure: ResidualStructure | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -435,6 +441,11 @@ class RunRecord:
                 "finetune_steps": report.model.finetune_steps or 0,
             }
             warnings += report.warnings
+        check = self.removed_structure
+        if check is not None:
+            sections["removed_structure"] = check.as_dict()
+            if check.warning is not None:
+                warnings.append(check.warning)
         return make_run_record(
             software_name=self.software_name,
             software_version=self.software_version,

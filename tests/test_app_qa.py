@@ -64,6 +64,12 @@ def test_run_record_is_valid_and_agrees_with_the_run(qa_run):
     derived = run.output / record["derived"]["series_instance_uid"]
     assert len(list(derived.glob("*.dcm"))) == 8
     assert all(v is None or v >= 0 for v in record["timings_s"].values())
+    check = record["removed_structure"]  # computed by the application for every denoised series
+    assert check["threshold"] == record["parameters"]["removed_structure_threshold"] == 1.0
+    assert check["edge_pixels"] > 0 and check["slices"] == 8 and isinstance(check["index"], float)
+    assert check["fired"] == (check["index"] > check["threshold"])
+    assert any("removed-structure check fired" in w for w in record["warnings"]) == check["fired"]
+    assert re.search(rf"removed-structure index {check['index']:.2f} \(threshold 1;", run.log)
 
 
 def test_qa_pdf_is_valid_dicom_in_the_same_study_and_readable(qa_run):
@@ -80,6 +86,9 @@ def test_qa_pdf_is_valid_dicom_in_the_same_study_and_readable(qa_run):
     before = f"{record['noise']['before']:.2f}"
     after = f"{record['noise']['after']:.2f}"
     assert before in text and after in text, text[:1500]
+    check = record["removed_structure"]
+    assert f"Status: {'WARNING' if check['fired'] else 'OK'}" in text
+    assert "Removed structure" in text and f"{check['index']:.2f}" in text
 
 
 def test_png_montage_exists_with_expected_size(qa_run):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from qa_report.residual_structure import DEFAULT_THRESHOLD, removed_structure_index
+from qa_report.residual_structure import DEFAULT_THRESHOLD, evenly_spaced_slices, removed_structure_index
 
 
 def _phantom(slices: int = 6, n: int = 96) -> np.ndarray:
@@ -90,3 +90,53 @@ def test_identity_and_bad_input():
     valid = np.zeros(vol.shape, bool)
     valid[:, 10:80, 10:80] = True
     assert removed_structure_index(vol, vol, valid).edge_pixels > 0
+
+
+def test_evenly_spaced_slices_keep_the_ends_and_the_count():
+    assert list(evenly_spaced_slices(10, None)) == list(range(10))
+    assert list(evenly_spaced_slices(10, 10)) == list(range(10))
+    picked = evenly_spaced_slices(300, 32)
+    assert len(picked) == 32 and picked[0] == 0 and picked[-1] == 299
+    assert np.all(np.diff(picked) >= 9)
+    assert list(evenly_spaced_slices(7, 1)) == [3]
+    with pytest.raises(ValueError):
+        evenly_spaced_slices(7, 0)
+
+
+def test_sampled_slices_give_the_whole_volume_index_restricted_to_them():
+    """Each sampled slice keeps its real neighbours for the gradient, so sampling only restricts the index."""
+    rng = np.random.default_rng(5)
+    clean = _phantom(slices=11)
+    noisy = clean + _noise(clean.shape, "correlated", rng)
+    out = ndimage.gaussian_filter(noisy, (0.7, 1.2, 1.2))  # smooths across slices too: neighbours matter
+    padding = np.zeros(clean.shape, bool)
+    padding[:, :, :5] = True
+    picked = evenly_spaced_slices(clean.shape[0], 4)
+    restricted = np.zeros(clean.shape, bool)
+    restricted[picked] = True
+    sampled = removed_structure_index(noisy, out, ~padding, max_slices=4)
+    whole = removed_structure_index(noisy, out, ~padding & restricted)
+    assert sampled.slices == 4 and whole.slices == clean.shape[0]
+    assert sampled.index == pytest.approx(whole.index, rel=1e-9)
+    assert sampled.edge_pixels == whole.edge_pixels
+    every = removed_structure_index(noisy, out, ~padding, max_slices=clean.shape[0])
+    assert every.index == removed_structure_index(noisy, out, ~padding).index
+
+
+def test_record_section_and_warning_line():
+    rng = np.random.default_rng(6)
+    clean = _phantom()
+    noisy = clean + _noise(clean.shape, "white", rng)
+    fired = removed_structure_index(noisy, ndimage.gaussian_filter(noisy, (0, 2, 2)), threshold=1.5)
+    quiet = removed_structure_index(noisy, clean)
+    assert fired.as_dict() == {
+        "index": pytest.approx(fired.index),
+        "threshold": 1.5,
+        "edge_pixels": fired.edge_pixels,
+        "slices": clean.shape[0],
+        "fired": True,
+    }
+    assert "\n" not in fired.warning and f"{fired.index:.2f}" in fired.warning and "removed structure" in fired.warning
+    assert quiet.as_dict()["fired"] is False and quiet.warning is None
+    empty = removed_structure_index(noisy, noisy, np.zeros(clean.shape, bool))
+    assert empty.as_dict()["index"] is None and not empty.fires
