@@ -7,16 +7,25 @@ towards the middle of the body and behind dense anatomy; MR magnitude noise is n
 
 Which pixels qualify decides whether the measurement is honest. A weight map computed from the same two
 slices selects pixels where their low-pass difference is small, i.e. where their noise happens to be
-low, and so under-estimates the noise and its correlation. The pixels of pair ``(j, j+1)`` are therefore
-chosen by the weight map of the *outer* pair ``(j-1, j+2)``: slices whose noise is independent of the two
-measured, and whose agreement still says that the anatomy does not change across the four slices. Where
-the outer pairs match too few pixels (volumes of fewer than 4 slices, very thick slices), the pair's own
-weight map is used and the report says so.
+low; the weight map of the *outer* pair ``(j-1, j+2)`` does not (their noise is independent of the two
+measured), and its agreement says that the anatomy does not change across the four slices. But it cannot
+see a structure present in only one of ``j`` and ``j+1`` (a vessel or nodule that a thick slice catches
+and its neighbour misses), which would count as noise. So:
 
-* Level: ``sigma`` per ``BLOCK_PX`` x ``BLOCK_PX`` block from the mean ``|d|`` over qualifying pixels
-  (times ``sqrt(pi/2)``, the mean-absolute-deviation to standard-deviation ratio of Gaussian noise),
-  smoothed over ``SMOOTH_BLOCKS`` blocks; each slice uses its two pairs; blocks without enough qualifying
-  pixels nearby take the volume-wide value.
+* the **level** of a block comes from the pixels both maps accept (outer pair and the pair itself), where
+  the block has enough of them, else from the outer pair's pixels alone, else from the volume-wide
+  value; it is the median of ``|d|`` (times ``1 / Phi^-1(3/4)``, the median-absolute-deviation to
+  standard-deviation ratio of Gaussian noise), robust to the few pixels of anatomy that still get in.
+  The pair's own map lowers the level slightly by its selection; anatomy leaking in raises it far more on
+  thick slices, which is the error that matters (too much synthetic noise teaches the network to blur);
+* the **correlation** comes from the outer pair's pixels only, since selecting by the pair's own low-pass
+  difference would favour pixels where the correlated (low-frequency) part of the noise is small.
+
+Where the outer pairs match too few pixels (volumes of fewer than 4 slices, very thick slices), the
+pair's own weight map is used for both and the report says so.
+
+* Level: ``sigma`` per ``BLOCK_PX`` x ``BLOCK_PX`` block as above, from the block's pixels in the slice's
+  two pairs, smoothed over ``SMOOTH_BLOCKS`` blocks (weighted by the number of qualifying pixels).
 * Correlation: the autocorrelation of ``d / sigma`` for lags up to ``MAX_LAG`` pixels over qualifying
   pixel pairs, averaged over the volume; its tapered spectrum gives a small shaping kernel ``h`` whose
   output, fed white Gaussian noise, has that autocorrelation and unit variance.
@@ -30,7 +39,8 @@ root mean square of the local sigma over the foreground, a measurement no traini
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .noise import MEAN_ABS_TO_SIGMA
+from .noise import MAD_TO_SIGMA
 
 __all__ = [
     "BLOCK_PX",
@@ -83,44 +93,88 @@ def outer_pair_weights(volume: torch.Tensor, valid: torch.Tensor | None, match: 
     return out
 
 
-def _block_sums(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape
-    hb, wb = -(-h // BLOCK_PX), -(-w // BLOCK_PX)
-    padded = np.zeros((hb * BLOCK_PX, wb * BLOCK_PX), np.float64)
-    padded[:h, :w] = image
-    return padded.reshape(hb, BLOCK_PX, wb, BLOCK_PX).sum(axis=(1, 3))
-
-
 def _pair_difference(volume: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, j: int):
     mask = masks[j] if valid is None else masks[j] & valid[j] & valid[j + 1]
     diff = (volume[j].astype(np.float32) - volume[j + 1].astype(np.float32)) / np.float32(math.sqrt(2.0))
     return diff, mask
 
 
+def _block_values(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(hb, wb, BLOCK_PX**2)`` float32 values of ``image`` per block, NaN where ``mask`` is False."""
+    h, w = image.shape
+    hb, wb = -(-h // BLOCK_PX), -(-w // BLOCK_PX)
+    padded = np.full((hb * BLOCK_PX, wb * BLOCK_PX), np.nan, np.float32)
+    padded[:h, :w] = np.where(mask, image, np.nan)
+    return padded.reshape(hb, BLOCK_PX, wb, BLOCK_PX).transpose(0, 2, 1, 3).reshape(hb, wb, BLOCK_PX**2)
+
+
+def _median_levels(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per block: ``(sigma from the median |d|, number of qualifying values)``, NaN sigma without any."""
+    stacked = np.concatenate(values, axis=2)
+    count = np.count_nonzero(~np.isnan(stacked), axis=2)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks: NaN, handled by the count
+        median = np.nanmedian(stacked, axis=2)
+    return MAD_TO_SIGMA * median, count
+
+
+def _overall_sigma(volume: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, max_samples: int) -> float:
+    """Volume-wide sigma from the median |d| of (at most about ``max_samples``) qualifying pixels; NaN if few."""
+    step = max(1, int(masks.size // max_samples))
+    samples = [
+        np.abs(diff[mask])[::step]
+        for diff, mask in (_pair_difference(volume, masks, valid, j) for j in range(volume.shape[0] - 1))
+    ]
+    values = np.concatenate(samples) if samples else np.empty(0, np.float32)
+    return MAD_TO_SIGMA * float(np.median(values)) if values.size >= _MIN_SUPPORT else float("nan")
+
+
 def block_sigma(
-    volume: np.ndarray, masks: np.ndarray, valid: np.ndarray | None = None, *, default: float = float("nan")
+    volume: np.ndarray,
+    masks: Sequence[np.ndarray],
+    valid: np.ndarray | None = None,
+    *,
+    default: float = float("nan"),
+    max_samples: int = 2_000_000,
 ) -> np.ndarray:
     """``(D, hb, wb)`` float32 local noise sigma per block (see the module docstring), volume units.
 
     Args:
         volume: (D, H, W).
-        masks: (D-1, H, W) bool, the pixels of each pair that measure noise.
+        masks: (D-1, H, W) bool pixel selections of each pair, in order of preference: a block takes its
+            level from the first selection that gives it enough qualifying pixels (after smoothing).
         valid: (D, H, W) bool, False for padding.
         default: the level where no pixel of the whole volume qualifies.
+        max_samples: pixels that the volume-wide fallback level is computed from, at most (about).
     """
     depth = volume.shape[0]
-    sums = []
-    for j in range(depth - 1):
-        diff, mask = _pair_difference(volume, masks, valid, j)
-        sums.append((_block_sums(np.where(mask, np.abs(diff), 0.0)), _block_sums(mask.astype(np.float64))))
-    total = sum(den.sum() for _, den in sums)
-    overall = MEAN_ABS_TO_SIGMA * sum(num.sum() for num, _ in sums) / total if total >= _MIN_SUPPORT else default
+    overall = default
+    for mask_set in masks:
+        level = _overall_sigma(volume, mask_set, valid, max_samples)
+        if not math.isnan(level):
+            overall = level
+            break
+    cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def values(m: int, j: int) -> np.ndarray:
+        if (m, j) not in cache:
+            diff, mask = _pair_difference(volume, masks[m], valid, j)
+            cache[(m, j)] = _block_values(np.abs(diff), mask)
+        return cache[(m, j)]
+
     out = []
     for z in range(depth):
-        pairs = [sums[j] for j in (z - 1, z) if 0 <= j < depth - 1]
-        num = ndimage.gaussian_filter(sum(p[0] for p in pairs), SMOOTH_BLOCKS, mode="nearest")
-        den = ndimage.gaussian_filter(sum(p[1] for p in pairs), SMOOTH_BLOCKS, mode="nearest")
-        out.append(np.where(den >= _MIN_SUPPORT, MEAN_ABS_TO_SIGMA * num / np.maximum(den, 1.0), overall))
+        for key in [k for k in cache if k[1] < z - 1]:
+            del cache[key]  # only the pairs of this slice and the next are ever needed again
+        pairs = [j for j in (z - 1, z) if 0 <= j < depth - 1]
+        level_z = None
+        for m in range(len(masks)):
+            level, count = _median_levels([values(m, j) for j in pairs])
+            num = ndimage.gaussian_filter(np.where(count > 0, level * count, 0.0), SMOOTH_BLOCKS, mode="nearest")
+            den = ndimage.gaussian_filter(count.astype(np.float64), SMOOTH_BLOCKS, mode="nearest")
+            smooth = np.where(den >= _MIN_SUPPORT, num / np.maximum(den, 1e-12), np.nan)
+            level_z = smooth if level_z is None else np.where(np.isnan(level_z), smooth, level_z)
+        out.append(np.where(np.isnan(level_z), overall, level_z))
     return np.stack(out).astype(np.float32)
 
 
@@ -244,12 +298,14 @@ def estimate_noise_model(
         default_sigma: the level when no pixel qualifies at all.
     """
     outer = outer_weights.cpu().numpy()
+    adjacent = adjacent_weights.cpu().numpy()
     usable = outer if valid is None else outer & valid[:-1] & valid[1:]
     if usable.mean() >= _MIN_OUTER_FRACTION:
+        blocks = block_sigma(volume, [outer & adjacent, outer], valid, default=default_sigma)
         masks, source = outer, "outer pairs"
     else:
-        masks, source = adjacent_weights.cpu().numpy(), "neighbouring pairs"
-    blocks = block_sigma(volume, masks, valid, default=default_sigma)
+        blocks = block_sigma(volume, [adjacent], valid, default=default_sigma)
+        masks, source = adjacent, "neighbouring pairs"
     autocorrelation = _autocorrelation(volume, masks, valid, blocks)
     return NoiseModel(
         sigma_blocks=blocks,
