@@ -19,10 +19,10 @@ import torch
 
 from . import __version__
 from .config import ConfigError, DenoiseConfig
+from .error_estimate import estimate_error, evaluation_slices
 from .errors import ShouldStop, VolumeError
 from .inference import denoise_slices, network_context
 from .intensity import IntensityNormalizer, output_range
-from .noise import NOISE_ESTIMATOR, paired_slice_noise_sigma
 from .noise_model import NoiseModel, estimate_noise_model, outer_pair_weights
 from .precision import precision_name
 from .report import (
@@ -35,7 +35,7 @@ from .report import (
     StageTimings,
     WeightMapStats,
 )
-from .residual_clip import clip_residual_per_pixel
+from .residual_clip import clip_residual_per_pixel, residual_limits
 from .training import (
     PairSampler,
     RecorruptedSampler,
@@ -47,6 +47,12 @@ from .training import (
 )
 from .unet import ResidualUNet
 from .weight_map import WeightMaps, compute_weight_maps
+
+#: How the run's noise figures are measured (:class:`nsn2n.report.NoiseEstimate`).
+NOISE_ESTIMATOR = (
+    "before: the noise model's local sigma (nsn2n.noise_model); after: Monte-Carlo SURE of the output's "
+    "RMS error (nsn2n.error_estimate); both over the foreground of up to 16 evenly spaced slices"
+)
 
 __all__ = ["MIN_SLICES", "DenoiseResult", "TrainedModel", "denoise_volume"]
 
@@ -351,20 +357,18 @@ def denoise_volume(
     t_start = time.monotonic()
     run = _start(volume, spacing, (modality or "OT").upper(), config, padding_mask, initial_model)
     run.should_stop = should_stop
-    maps, noise_model, noise_before, seconds_maps = _match_neighbours(run, config)
+    maps, noise_model, seconds_maps = _match_neighbours(run, config)
     network, formulation, stats, seconds_train = _train(run, maps, noise_model, config, initial_model, finetune_steps)
     denoised, seconds_inference = _infer(run, network, maps, config)
-    noise = NoiseEstimate(
-        NOISE_ESTIMATOR,
-        noise_before,
-        paired_slice_noise_sigma(denoised, maps.weights, run.valid),
-        _unit(run.modality),
-    )
-    timings = StageTimings(seconds_maps, seconds_train, seconds_inference, time.monotonic() - t_start)
+    noise, seconds_noise = _measure_noise(run, network, maps, noise_model, config)
+    timings = StageTimings(seconds_maps, seconds_train, seconds_inference, seconds_noise, time.monotonic() - t_start)
     log.info(
-        "noise after: %.4g (%.0f%% lower); timings %s",
+        "noise: %.4g %s before, %.4g after (%.0f%% lower; %s); timings %s",
+        noise.before,
+        noise.unit,
         noise.after,
         noise.reduction_percent,
+        NOISE_ESTIMATOR,
         ", ".join(f"{name} {seconds:.1f} s" for name, seconds in dataclasses.asdict(timings).items()),
     )
     provenance = ModelProvenance()
@@ -437,8 +441,8 @@ def measure_noise_model(
     )
 
 
-def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, NoiseModel, float, float]:
-    """Weight maps, the noise model and the input's noise estimate; ``(maps, model, noise before, seconds)``."""
+def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, NoiseModel, float]:
+    """Weight maps and the noise model; ``(maps, model, seconds)``."""
     t = time.monotonic()
     maps = configured_weight_maps(run.volume_t, run.valid_t, config)
     noise_model = measure_noise_model(run.volume_t, run.valid_t, maps, config)
@@ -459,9 +463,7 @@ def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, Noi
             f"only {100 * maps.matched_fraction:.0f}% of pixels match their neighbour slice; the denoising will be weak"
         )
         log.warning(run.warnings[-1])
-    noise_before = paired_slice_noise_sigma(run.volume, maps.weights, run.valid)
-    log.info("noise before: %.4g (%s)", noise_before, NOISE_ESTIMATOR)
-    return maps, noise_model, noise_before, seconds
+    return maps, noise_model, seconds
 
 
 def _train(
@@ -551,6 +553,63 @@ def _infer(run: _Run, network: torch.nn.Module, maps: WeightMaps, config: Denois
     )
     denoised = to_input_units(run.normalizer, out_norm, run.volume, run.valid, run.modality)
     return denoised, time.monotonic() - t
+
+
+def _measure_noise(
+    run: _Run, network: torch.nn.Module, maps: WeightMaps, noise_model: NoiseModel, config: DenoiseConfig
+) -> tuple[NoiseEstimate, float]:
+    """Noise before and the RMS error after, over the foreground (:mod:`nsn2n.error_estimate`).
+
+    The denoiser probed is the one that made the output: the network in float32 (bf16 rounding would
+    swamp the estimator's finite differences), then the residual clip with its limits held at those of
+    the unperturbed volume. ``(estimate, seconds)``.
+    """
+    t = time.monotonic()
+    mask = run.foreground
+    wanted = evaluation_slices(mask, run.normalised.shape[0])
+    limits = {
+        z: limit
+        for z, limit in enumerate(
+            residual_limits(
+                run.normalised,
+                maps.weights,
+                k_matched=config.residual_clip_k,
+                k_unmatched=config.residual_clip_unmatched_k,
+                valid=run.valid,
+                default_sigma=maps.pixel_sigma,
+            )
+        )
+        if z in set(wanted.tolist())
+    }
+
+    def network_and_clip(volume: np.ndarray, slices: np.ndarray) -> np.ndarray:
+        raw = denoise_slices(
+            network,
+            volume,
+            device=run.device,
+            batch=config.inference_batch,
+            self_ensemble=config.self_ensemble,
+            mixed_precision=False,
+            log_every_s=config.log_every_s,
+            should_stop=run.should_stop,
+            slices=slices,
+        )
+        for i, z in enumerate(slices):
+            raw[i] = volume[z] - np.clip(volume[z] - raw[i], -limits[int(z)], limits[int(z)])
+        return raw
+
+    estimate = estimate_error(network_and_clip, run.normalised, noise_model, mask, perturb_in_place=True)
+    if estimate.clamped:
+        run.warnings.append(
+            "the error estimate after denoising came out negative and was set to 0: the noise level of the "
+            "input is probably over-estimated, so the noise figures of this series are not reliable"
+        )
+        log.warning(run.warnings[-1])
+    scale = run.normalizer.scale
+    noise = NoiseEstimate(
+        NOISE_ESTIMATOR, estimate.rmse_before * scale, estimate.rmse_after * scale, _unit(run.modality)
+    )
+    return noise, time.monotonic() - t
 
 
 def _report(

@@ -9,6 +9,8 @@ Precision and layout follow :mod:`nsn2n.precision`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -29,7 +31,7 @@ def network_context(model: torch.nn.Module) -> int:
     return int(getattr(model, "in_channels", 1)) // 2
 
 
-def context_stack(volume: np.ndarray, indices: range, context: int) -> np.ndarray:
+def context_stack(volume: np.ndarray, indices: Sequence[int], context: int) -> np.ndarray:
     """``(len(indices), 2 context + 1, H, W)`` float32: each slice with its mirrored neighbours."""
     depth = volume.shape[0]
     picks = [context_indices(i, depth, context) for i in indices]
@@ -47,23 +49,26 @@ def denoise_slices(
     mixed_precision: bool = True,
     log_every_s: float = 5.0,
     should_stop: ShouldStop | None = None,
+    slices: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Apply ``model`` to each slice of ``volume`` (D, H, W) float32 (with its context slices, if the
-    network reads any); returns float32 (D, H, W).
+    network reads any); returns float32 (D, H, W), or (len(slices), H, W) for the given ``slices`` only
+    (their context is read from ``volume`` all the same).
 
     ``should_stop`` (:data:`nsn2n.errors.ShouldStop`) is asked before every batch; :class:`StopRequested`
     when it says so.
     """
     model.eval()
-    depth = volume.shape[0]
-    out = np.empty_like(volume, dtype=np.float32)
+    wanted = list(range(volume.shape[0])) if slices is None else [int(z) for z in slices]
+    total = len(wanted)
+    out = np.empty((total, *volume.shape[1:]), dtype=np.float32)
     context = network_context(model)
-    progress = ProgressLog("inference", total=depth, every_s=log_every_s)
+    progress = ProgressLog("inference", total=total, every_s=log_every_s)
     transforms = _transforms() if self_ensemble else [(0, False)]
-    for start in range(0, depth, batch):
+    for start in range(0, total, batch):
         if should_stop is not None and should_stop():
-            raise StopRequested(f"inference: stopped before slice {start + 1} of {depth}")
-        x = torch.from_numpy(context_stack(volume, range(start, min(start + batch, depth)), context)).to(device)
+            raise StopRequested(f"inference: stopped before slice {start + 1} of {total}")
+        x = torch.from_numpy(context_stack(volume, wanted[start : start + batch], context)).to(device)
         acc = torch.zeros_like(x[:, :1], dtype=torch.float32)
         for k, flip in transforms:
             t = torch.rot90(x, k, dims=(2, 3))
@@ -75,5 +80,5 @@ def denoise_slices(
                 y = y.flip(3)
             acc += torch.rot90(y, -k, dims=(2, 3))
         out[start : start + batch] = (acc / len(transforms))[:, 0].cpu().numpy()
-        progress.update(min(start + batch, depth))
+        progress.update(min(start + batch, total))
     return out

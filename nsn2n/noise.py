@@ -1,18 +1,19 @@
-"""Noise level estimates: the reported noise before and after denoising, and the constants they share.
+"""Paired-slice noise level estimates and the constants the noise measurements share.
 
-NS-N2N measures noise three ways, each for its own purpose, all from differences of neighbouring slices
-(noise is independent between slices, the premise of NS-N2N, so such a difference carries twice the
-noise variance and, where the anatomy matches, no anatomy):
+Differences of neighbouring slices carry the noise (independent between slices, the premise of NS-N2N)
+and, where the anatomy matches, no anatomy:
 
-* :func:`paired_slice_noise_sigma` (here): the figure reported before and after denoising; one robust
-  number per volume over the matched pixels.
+* :func:`paired_slice_noise_sigma` (here): one robust number per volume over the matched pixels. The run
+  no longer reports it (its "after" figure measured what the paper's regional-consistency loss drives
+  down; the run reports :mod:`nsn2n.noise_model`'s level and :mod:`nsn2n.error_estimate`'s SURE); the
+  benchmark keeps it as a comparison (``bench/noise_truth.py``).
 * :func:`nsn2n.weight_map.pixel_noise_sigma` and ``quiet_tile_scale``: the noise scale the weight maps'
   guide and threshold are set in; from the quietest tiles, since a whole-slice MAD counts anatomy that
   changes between slices as noise.
 * :func:`nsn2n.residual_clip.local_noise_sigma`: a per-pixel map, because CT noise is not stationary and
   the residual clip must follow it.
 
-The reported estimator ("paired-slice difference in matched regions"): with d = x_i - x_{i+1} over the
+The paired-slice estimator ("paired-slice difference in matched regions"): with d = x_i - x_{i+1} over the
 pixels that the weight maps mark as matched (same anatomy) and that are not padding,
 
     sigma = MAD_TO_SIGMA * median(|d - median(d)|) / sqrt(2)

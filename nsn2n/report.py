@@ -99,21 +99,23 @@ class StageTimings:
     """Wall-clock seconds of each stage of :func:`nsn2n.denoise_volume`.
 
     Attributes:
-        weight_map: weight maps and the noise estimate of the input.
+        weight_map: weight maps and the noise model of the input.
         train: training (or fine-tuning; near zero without it).
         inference: inference, residual clip and the return to input units.
+        noise_estimate: the error estimate after denoising (:mod:`nsn2n.error_estimate`).
         total: the whole call.
     """
 
     weight_map: float
     train: float
     inference: float
+    noise_estimate: float
     total: float
 
 
 @dataclass(frozen=True)
 class NoiseEstimate:
-    """The noise estimate of the input and of the output (see :mod:`nsn2n.noise`).
+    """The noise of the input and the remaining error of the output (see :func:`nsn2n.api.denoise_volume`).
 
     Attributes:
         estimator: name of the estimator.

@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from .noise import MEAN_ABS_TO_SIGMA, matched_pair_difference
 
-__all__ = ["BLOCK_PX", "clip_residual_per_pixel", "local_noise_sigma", "matched_neighbours"]
+__all__ = ["BLOCK_PX", "clip_residual_per_pixel", "local_noise_sigma", "matched_neighbours", "residual_limits"]
 
 #: Block size of the local noise estimate (pixels) and the Gaussian smoothing in blocks.
 BLOCK_PX = 8
@@ -129,12 +129,28 @@ def clip_residual_per_pixel(
     """
     if k_matched is None and k_unmatched is None:
         return denoised
+    limits = residual_limits(
+        noisy, weights, k_matched=k_matched, k_unmatched=k_unmatched, valid=valid, default_sigma=default_sigma
+    )
+    for z, limit in enumerate(limits):
+        residual = np.clip(noisy[z] - denoised[z], -limit, limit)
+        denoised[z] = noisy[z] - residual
+    return denoised
+
+
+def residual_limits(
+    noisy: np.ndarray,
+    weights: np.ndarray,
+    *,
+    k_matched: float | None,
+    k_unmatched: float | None,
+    valid: np.ndarray | None = None,
+    default_sigma: float = float("nan"),
+) -> Iterator[np.ndarray]:
+    """Per slice, the (H, W) float32 limit of the clip (``inf`` where that class is unclipped)."""
     weights = _as_numpy(weights)  # once: a (D-1, H, W) map may live on the GPU
     count = matched_neighbours(weights)
     k_both = np.float32(np.inf if k_matched is None else k_matched)
     k_other = np.float32(np.inf if k_unmatched is None else k_unmatched)
     for z, sigma in enumerate(local_noise_sigma(noisy, weights, valid, default_sigma=default_sigma)):
-        limit = np.where(count[z] == 2, k_both, k_other) * sigma
-        residual = np.clip(noisy[z] - denoised[z], -limit, limit)
-        denoised[z] = noisy[z] - residual
-    return denoised
+        yield np.where(count[z] == 2, k_both, k_other) * sigma

@@ -60,7 +60,7 @@ __all__ = [
 SCHEMA_VERSION = "1.2"
 SCHEMA_PATH = Path(__file__).with_name("run_record.schema.json")
 #: Stage names of ``timings_s`` (all required; ``None`` = stage not run).
-TIMING_STAGES = ("load", "weight_map", "train", "inference", "write", "total")
+TIMING_STAGES = ("load", "weight_map", "train", "inference", "noise_estimate", "write", "total")
 #: Default number of points kept in ``training.loss_history``.
 LOSS_HISTORY_POINTS = 200
 
@@ -353,12 +353,14 @@ class StageSeconds:
     weight_map: float | None = None
     train: float | None = None
     inference: float | None = None
+    noise_estimate: float | None = None
     write: float | None = None
 
     @property
     def total(self) -> float:
         """The sum of the stages that ran."""
-        return sum(v for v in (self.load, self.weight_map, self.train, self.inference, self.write) if v is not None)
+        stages = (self.load, self.weight_map, self.train, self.inference, self.noise_estimate, self.write)
+        return sum(v for v in stages if v is not None)
 
     def as_dict(self) -> dict[str, float | None]:
         return {stage: getattr(self, stage) for stage in TIMING_STAGES if stage != "total"} | {"total": self.total}
@@ -409,6 +411,7 @@ class RunRecord:
             weight_map=stages.weight_map if stages else None,
             train=stages.train if stages else None,
             inference=stages.inference if stages else None,
+            noise_estimate=stages.noise_estimate if stages else None,
             write=self.write_s,
         )
 

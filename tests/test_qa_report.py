@@ -332,7 +332,7 @@ def _denoise_report(steps: int):
         residual_clip=ResidualClipLimits(3.0, 1.5),
         training=TrainingStats(steps, "max_steps", 12.0, 0.01, ((steps, 0.01),) if steps else (), 0),
         model=ModelProvenance(None, None) if steps else ModelProvenance("/models/nsn2n_model.pt", 0),
-        timings=StageTimings(weight_map=0.25, train=12.0, inference=0.5, total=12.8),
+        timings=StageTimings(weight_map=0.25, train=12.0, inference=0.5, noise_estimate=0.1, total=12.9),
         noise=NoiseEstimate("paired-slice", 25.0, 6.0, "HU"),
         warnings=("thick slices",),
     )
@@ -365,8 +365,9 @@ def test_run_record_from_typed_pieces_matches_the_schema() -> None:
         "weight_map": 0.25,
         "train": 12.0,
         "inference": 0.5,
+        "noise_estimate": 0.1,
         "write": 0.25,
-        "total": 13.5,
+        "total": 13.6,
     }
     assert record["model"] == {"loaded_from": None, "saved_to": "/work/m.pt", "finetune_steps": 0}
     assert record["warnings"] == ["irregular spacing", "thick slices"]
