@@ -57,13 +57,13 @@ class DenoiseConfig:
     """Parameters of NS-N2N training and inference.
 
     Training budget
-        max_steps: optimiser steps (each step sees ``batch_size`` neighbouring-slice pairs).
+        max_steps: optimiser steps (each step sees ``batch_size`` crops).
             Far longer training over-fits the one volume (the network starts to learn its noise);
             ``bench/quality.py --steps`` measures the curve.
         time_budget_s: wall-clock cap on training in seconds; ``None`` or 0 = no cap. Training stops
             at whichever of ``max_steps`` / ``time_budget_s`` comes first; the learning-rate schedule
             follows the elapsed fraction of the budget so a cut-short run still ends annealed.
-        batch_size: neighbouring pairs per step.
+        batch_size: crops per step (recorrupted: slices with their context; paper: neighbouring pairs).
         crop_size: side of the random square crops (pixels); clipped to the slice size.
         learning_rate, weight_decay: AdamW; the learning rate follows a cosine decay to 5 % of it
             after a short linear warm-up.
@@ -123,9 +123,9 @@ class DenoiseConfig:
             weaker Noise2Noise target for thick or sparse slices.
     """
 
-    max_steps: int = 1500
+    max_steps: int = 400
     time_budget_s: float | None = None
-    batch_size: int = 8
+    batch_size: int = 24
     crop_size: int = 96
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
@@ -143,7 +143,7 @@ class DenoiseConfig:
     median_size: int = 5
     threshold_k: float = 3.0
 
-    unet_width: int = 32
+    unet_width: int = 16
     unet_depth: int = 3
 
     inference_batch: int = 8

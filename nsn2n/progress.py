@@ -3,7 +3,7 @@
 A line is written at most every ``every_s`` seconds (and at the end), with step/total, loss, elapsed
 time and the estimated time left, e.g.::
 
-    train: step 240/1500 (16%) loss 0.004213 [recon 0.0031 rc 0.0004 ic 0.0001] elapsed 0:01:10 ETA 0:06:08
+    train: step 240/400 (60%) loss 0.004213 [recon 0.0031 rc 0.0004 ic 0.0001] elapsed 0:01:10 ETA 0:06:08
 """
 
 from __future__ import annotations
