@@ -94,6 +94,8 @@ class Outcome:
     seconds: float
     device: str
     note: str = ""
+    #: ``(before, after)`` noise figures the method itself reported (NS-N2N's run report), input units.
+    reported_noise: tuple[float, float] | None = None
 
 
 def nsn2n_config(ctx: Context, **changes):
@@ -122,7 +124,8 @@ def run_nsn2n(ctx: Context, use_weight_map: bool = True) -> Outcome:
     seconds = time.time() - t0
     steps = res.report.training.steps
     note = f"{steps} steps"
-    return Outcome(np.asarray(res.denoised, np.float32), seconds, _report_device(res.report, ctx.device), note)
+    noise = (res.report.noise.before, res.report.noise.after)
+    return Outcome(np.asarray(res.denoised, np.float32), seconds, _report_device(res.report, ctx.device), note, noise)
 
 
 def run_nomask(ctx: Context) -> Outcome:
@@ -235,7 +238,14 @@ def run_method(
         if not fresh and path.exists() and meta.exists():
             info = json.loads(meta.read_text())
             log(f"{method}: reusing cached output {path.name} (computed {info.get('date', '?')})")
-            return Outcome(np.load(path), float(info["seconds"]), str(info["device"]), str(info.get("note", "")))
+            noise = info.get("reported_noise")
+            return Outcome(
+                np.load(path),
+                float(info["seconds"]),
+                str(info["device"]),
+                str(info.get("note", "")),
+                tuple(noise) if noise else None,
+            )
     if cached_only and method != "noisy":
         return Outcome(None, 0.0, "–", "not run here (no cached output; run bench.quality first)")
     try:
@@ -253,6 +263,7 @@ def run_method(
             "seconds": out.seconds,
             "device": out.device,
             "note": out.note,
+            "reported_noise": out.reported_noise,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         path.with_suffix(".json").write_text(json.dumps(info))
