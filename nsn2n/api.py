@@ -500,6 +500,7 @@ def _train(
             noise_model,
             context_slices=network_context(network),
             alpha=config.recorruption_alpha,
+            sigma_scale=config.recorruption_sigma_scale,
             crop_size=config.crop_size,
             fill=fill,
             seed=config.seed,

@@ -82,6 +82,12 @@ class DenoiseConfig:
         recorruption_alpha: scale of the synthetic noise: the input gets ``+alpha * z``, the target
             ``-z / alpha`` (``"recorrupted"`` only). Small values keep the input close to the real
             noise level; the target's noise grows as ``1 / alpha``.
+        recorruption_sigma_scale: level of the synthetic noise ``z`` relative to the measured noise level
+            (``"recorrupted"`` only). The errors are not symmetric: with ``z`` weaker than the real noise
+            the target keeps a little of the input's noise (the network removes somewhat less than all
+            of it); with ``z`` stronger, the input's and the target's noise are anti-correlated and the
+            network learns to remove more than the noise, i.e. to blur. The measured level errs high
+            where anatomy leaks into slice differences (thick slices), so the default errs low.
 
     Loss of the ``"paper"`` formulation (see :mod:`nsn2n.losses`)
         lambda_rc: weight of the regional consistency loss (paper value 0.5).
@@ -133,6 +139,7 @@ class DenoiseConfig:
     formulation: Formulation = "recorrupted"
     context_slices: int = 1
     recorruption_alpha: float = 0.5
+    recorruption_sigma_scale: float = 0.9
 
     lambda_rc: float = 0.5
     lambda_ic: float = 1.0
@@ -170,6 +177,8 @@ class DenoiseConfig:
         _non_negative_float(self, "weight_decay", "lambda_rc", "lambda_ic")
         if not 0 <= self.context_slices <= 4:
             raise ConfigError("context_slices", f"must be 0 to 4 slices on either side, got {self.context_slices}")
+        if not (math.isfinite(self.recorruption_sigma_scale) and 0 < self.recorruption_sigma_scale <= 2):
+            raise ConfigError("recorruption_sigma_scale", f"must be in (0, 2], got {self.recorruption_sigma_scale}")
         if not (math.isfinite(self.recorruption_alpha) and 0 < self.recorruption_alpha <= 2):
             raise ConfigError("recorruption_alpha", f"must be in (0, 2], got {self.recorruption_alpha}")
         if self.time_budget_s is not None and (not math.isfinite(self.time_budget_s) or self.time_budget_s < 0):

@@ -196,6 +196,8 @@ class RecorruptedSampler:
         noise_model: the volume's noise model, in normalised units.
         context_slices: neighbours on either side in the input.
         alpha: recorruption scale: input ``+ alpha z``, target ``- z / alpha``.
+        sigma_scale: level of ``z`` relative to the noise model's (see
+            :attr:`nsn2n.config.DenoiseConfig.recorruption_sigma_scale`).
         crop_size: crop side; clipped to the shorter side of the slice (crops stay square).
         fill: normalised fill value of padding (foreground = differs from it).
         seed: seed of the crop, augmentation and noise generators.
@@ -209,6 +211,7 @@ class RecorruptedSampler:
         *,
         context_slices: int,
         alpha: float,
+        sigma_scale: float = 1.0,
         crop_size: int,
         fill: float,
         seed: int,
@@ -223,7 +226,7 @@ class RecorruptedSampler:
         self.foreground = foreground_mask(volume, valid, fill)
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=volume.device).manual_seed(seed)
-        self.sigma_blocks = torch.from_numpy(noise_model.sigma_blocks).to(volume.device)
+        self.sigma_blocks = torch.from_numpy(noise_model.sigma_blocks * np.float32(sigma_scale)).to(volume.device)
 
     def _crop_origin(self, index: int) -> tuple[int, int]:
         return _foreground_origin(self.foreground[index], self.crop, self.rng)

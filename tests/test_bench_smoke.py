@@ -290,3 +290,17 @@ def test_edges_removed_control_keeps_the_noise_and_removes_the_high_pass():
     noisy = clean + np.random.default_rng(0).normal(0, 10, clean.shape)
     out = edges_removed(noisy, clean)
     assert np.allclose(noisy - out, clean - ndimage.gaussian_filter(clean, (0, 2, 2)), atol=1e-2)
+
+
+def test_tuning_probe_variants_parse_into_config_overrides():
+    import argparse
+
+    from bench.tuning_probe import parse_variant
+
+    assert parse_variant("default") == {}
+    assert parse_variant("recorruption_sigma_scale=0.9, formulation=paper") == {
+        "recorruption_sigma_scale": "0.9",
+        "formulation": "paper",
+    }
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        parse_variant("formulation")

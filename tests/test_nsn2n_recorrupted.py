@@ -206,3 +206,26 @@ def test_outer_pairs_are_the_maps_of_slices_three_apart():
     assert calls == [[0, 3, 6], [1, 4, 7], [2, 5]]
     # pair (j, j+1) takes the map of (j-1, j+2): pairs 1..5 have one, pair 0 and pair 6 do not
     assert [bool(outer[j].all()) for j in range(7)] == [False, True, True, True, True, True, False]
+
+
+def test_the_sigma_scale_sets_the_level_of_the_synthetic_noise():
+    shape, sigma, alpha = (4, 40, 40), 0.05, 0.5
+    volume = torch.ones(shape)  # noise-free: input minus target is (alpha + 1 / alpha) z
+
+    def spread(scale: float) -> float:
+        sampler = RecorruptedSampler(
+            volume,
+            torch.ones(shape, dtype=torch.bool),
+            _white_model(shape, sigma),
+            context_slices=1,
+            alpha=alpha,
+            sigma_scale=scale,
+            crop_size=32,
+            fill=0.0,
+            seed=2,
+        )
+        batch = sampler.sample(32)
+        return float((batch.inputs[:, 1:2] - batch.target).std()) / (alpha + 1 / alpha)
+
+    assert spread(1.0) == pytest.approx(sigma, rel=0.03)
+    assert spread(0.8) == pytest.approx(0.8 * sigma, rel=0.03)
