@@ -500,7 +500,7 @@ def _train(
             noise_model,
             context_slices=network_context(network),
             alpha=config.recorruption_alpha,
-            sigma_scale=config.recorruption_sigma_scale,
+            sigma_scale=config.sigma_scale_for(run.modality),
             crop_size=config.crop_size,
             fill=fill,
             seed=config.seed,

@@ -86,8 +86,12 @@ class DenoiseConfig:
             (``"recorrupted"`` only). The errors are not symmetric: with ``z`` weaker than the real noise
             the target keeps a little of the input's noise (the network removes somewhat less than all
             of it); with ``z`` stronger, the input's and the target's noise are anti-correlated and the
-            network learns to remove more than the noise, i.e. to blur. The measured level errs high
-            where anatomy leaks into slice differences (thick slices), so the default errs low.
+            network learns to remove more than the noise, i.e. to blur. ``None`` (default): 0.9 for CT,
+            1.0 otherwise. On CT the measured level errs high (anatomy that changes between slices
+            leaks into their differences, most on thick slices), so the scale errs low; on MR magnitude
+            images it errs low already (in dark tissue and near the background Rician noise is weaker
+            than the Gaussian noise behind it), so it is used as measured. Both chosen on the
+            benchmark's tuning set.
 
     Loss of the ``"paper"`` formulation (see :mod:`nsn2n.losses`)
         lambda_rc: weight of the regional consistency loss (paper value 0.5).
@@ -139,7 +143,7 @@ class DenoiseConfig:
     formulation: Formulation = "recorrupted"
     context_slices: int = 1
     recorruption_alpha: float = 0.5
-    recorruption_sigma_scale: float = 0.9
+    recorruption_sigma_scale: float | None = None
 
     lambda_rc: float = 0.5
     lambda_ic: float = 1.0
@@ -177,7 +181,8 @@ class DenoiseConfig:
         _non_negative_float(self, "weight_decay", "lambda_rc", "lambda_ic")
         if not 0 <= self.context_slices <= 4:
             raise ConfigError("context_slices", f"must be 0 to 4 slices on either side, got {self.context_slices}")
-        if not (math.isfinite(self.recorruption_sigma_scale) and 0 < self.recorruption_sigma_scale <= 2):
+        scale = self.recorruption_sigma_scale
+        if scale is not None and not (math.isfinite(scale) and 0 < scale <= 2):
             raise ConfigError("recorruption_sigma_scale", f"must be in (0, 2], got {self.recorruption_sigma_scale}")
         if not (math.isfinite(self.recorruption_alpha) and 0 < self.recorruption_alpha <= 2):
             raise ConfigError("recorruption_alpha", f"must be in (0, 2], got {self.recorruption_alpha}")
@@ -193,6 +198,12 @@ class DenoiseConfig:
                 raise ConfigError(name, f"must be a positive number or null, got {value}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError("num_threads", f"must be >= 1 or null, got {self.num_threads}")
+
+    def sigma_scale_for(self, modality: str) -> float:
+        """:attr:`recorruption_sigma_scale`, or its modality default when it is ``None``."""
+        if self.recorruption_sigma_scale is not None:
+            return self.recorruption_sigma_scale
+        return 0.9 if modality.upper() == "CT" else 1.0
 
     @property
     def cpu_threads(self) -> int:

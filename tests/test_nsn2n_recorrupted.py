@@ -229,3 +229,11 @@ def test_the_sigma_scale_sets_the_level_of_the_synthetic_noise():
 
     assert spread(1.0) == pytest.approx(sigma, rel=0.03)
     assert spread(0.8) == pytest.approx(0.8 * sigma, rel=0.03)
+
+
+def test_the_default_sigma_scale_depends_on_the_modality():
+    assert DenoiseConfig().sigma_scale_for("CT") == 0.9
+    assert DenoiseConfig().sigma_scale_for("MR") == 1.0
+    assert DenoiseConfig(recorruption_sigma_scale=0.7).sigma_scale_for("MR") == 0.7
+    with pytest.raises(ValueError, match="recorruption_sigma_scale"):
+        DenoiseConfig(recorruption_sigma_scale=0.0)
