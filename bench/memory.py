@@ -49,7 +49,7 @@ STAGES: tuple[tuple[str, str | None], ...] = (
     ("select + series to volume", r"voxels, spacing"),
     ("weight maps", r"weight maps: "),
     ("training", r"train: done"),
-    ("inference", r"noise after: "),
+    ("inference", r"noise after: |nsn2n\.api\) - noise: "),
     ("save model", r"model saved to"),
     ("write derived series", r"derived series .* written"),
     ("QA report (montage + PDF)", r"QA report written|run record "),

@@ -63,7 +63,7 @@ STAGES: tuple[tuple[str, str | None], ...] = (
     ("noise estimate (before)", r"noise before: "),
     ("training", r"train: done"),
     ("inference (network)", r"inference: step (\d+)/\1 \("),
-    ("residual clip + noise after", r"noise after: "),
+    ("residual clip + noise after", r"noise after: |nsn2n\.api\) - noise: "),
     ("save model", r"model saved to"),
     ("DICOM write (derived series)", r"derived series .* written"),
     ("QA report (montage + PDF)", r"QA report written"),

@@ -363,11 +363,11 @@ def denoise_volume(
     noise, seconds_noise = _measure_noise(run, network, maps, noise_model, config)
     timings = StageTimings(seconds_maps, seconds_train, seconds_inference, seconds_noise, time.monotonic() - t_start)
     log.info(
-        "noise: %.4g %s before, %.4g after (%.0f%% lower; %s); timings %s",
+        "noise: %.4g %s before, %s after (%s lower; %s); timings %s",
         noise.before,
         noise.unit,
-        noise.after,
-        noise.reduction_percent,
+        "unknown" if noise.after is None else f"{noise.after:.4g}",
+        "?" if noise.after is None else f"{noise.reduction_percent:.0f}%",
         NOISE_ESTIMATOR,
         ", ".join(f"{name} {seconds:.1f} s" for name, seconds in dataclasses.asdict(timings).items()),
     )
@@ -602,14 +602,14 @@ def _measure_noise(
     estimate = estimate_error(network_and_clip, run.normalised, noise_model, mask, perturb_in_place=True)
     if estimate.clamped:
         run.warnings.append(
-            "the error estimate after denoising came out negative and was set to 0: the noise level of the "
-            "input is probably over-estimated, so the noise figures of this series are not reliable"
+            "the noise after denoising could not be estimated (the estimate came out negative: the input's "
+            "noise level is probably over-estimated, e.g. anatomy that changes between thick slices), so "
+            "no figure is reported for it"
         )
         log.warning(run.warnings[-1])
     scale = run.normalizer.scale
-    noise = NoiseEstimate(
-        NOISE_ESTIMATOR, estimate.rmse_before * scale, estimate.rmse_after * scale, _unit(run.modality)
-    )
+    after = None if estimate.clamped else estimate.rmse_after * scale
+    noise = NoiseEstimate(NOISE_ESTIMATOR, estimate.rmse_before * scale, after, _unit(run.modality))
     return noise, time.monotonic() - t
 
 

@@ -120,19 +120,22 @@ class NoiseEstimate:
     Attributes:
         estimator: name of the estimator.
         before: noise of the input.
-        after: noise of the output, measured on the same pixels.
+        after: estimated RMS error of the output on the same pixels; ``None`` when the estimate is not
+            usable (it came out negative: the input's noise level was over-estimated).
         unit: ``"HU"`` for CT, ``"a.u."`` otherwise.
     """
 
     estimator: str
     before: float
-    after: float
+    after: float | None
     unit: str
 
     @property
     def reduction_percent(self) -> float:
-        """``100 * (1 - after / before)``; NaN when ``before`` is not positive."""
-        return 100 * (1 - self.after / self.before) if self.before > 0 else float("nan")
+        """``100 * (1 - after / before)``; NaN when ``after`` is unknown or ``before`` is not positive."""
+        if self.after is None or not self.before > 0:
+            return float("nan")
+        return 100 * (1 - self.after / self.before)
 
 
 @dataclass(frozen=True)

@@ -239,3 +239,20 @@ def test_local_noise_sigma_follows_non_stationary_noise_and_ignores_unmatched_pi
     assert np.median(sigma[:, :, :8]) < 20.0  # filled from its matched surroundings, not the 500 jumps
     nothing = np.stack(list(local_noise_sigma(volume, np.zeros_like(weights), default_sigma=7.0)))
     assert np.all(nothing == 7.0)
+
+
+def test_an_unusable_error_estimate_reports_no_noise_after(noisy_case, monkeypatch):
+    """A negative MSE estimate (the input's noise level over-estimated) must not read as '100 % lower'."""
+    import nsn2n.api as api_module
+    from nsn2n.error_estimate import estimate_error
+
+    def clamped(*args, **kwargs):
+        return dataclasses.replace(estimate_error(*args, **kwargs), rmse_after=0.0, clamped=True)
+
+    monkeypatch.setattr(api_module, "estimate_error", clamped)
+    _, noisy = noisy_case
+    report = denoise_volume(noisy, (1.0, 0.7, 0.7), "CT", TINY.replace(max_steps=5)).report
+    assert report.noise.after is None and np.isnan(report.noise.reduction_percent)
+    assert report.noise.before > 0
+    assert any("could not be estimated" in w for w in report.warnings)
+    assert json.loads(json.dumps(report.as_dict()))["noise"]["after"] is None
