@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -19,7 +20,7 @@ import torch
 
 from . import __version__
 from .config import ConfigError, DenoiseConfig
-from .error_estimate import estimate_error, evaluation_slices
+from .error_estimate import ErrorEstimate, estimate_error, evaluation_slices
 from .errors import ShouldStop, VolumeError
 from .inference import denoise_slices, network_context
 from .intensity import IntensityNormalizer, output_range
@@ -600,17 +601,32 @@ def _measure_noise(
         return raw
 
     estimate = estimate_error(network_and_clip, run.normalised, noise_model, mask, perturb_in_place=True)
-    if estimate.clamped:
+    usable = _error_estimate_is_consistent(estimate)
+    if not usable:
         run.warnings.append(
-            "the noise after denoising could not be estimated (the estimate came out negative: the input's "
-            "noise level is probably over-estimated, e.g. anatomy that changes between thick slices), so "
-            "no figure is reported for it"
+            "the noise after denoising could not be estimated (the estimate is negative or smaller than the "
+            "change the denoiser made allows: the input's noise level is probably over-estimated, e.g. "
+            "anatomy that changes between thick slices), so no figure is reported for it"
         )
         log.warning(run.warnings[-1])
     scale = run.normalizer.scale
-    after = None if estimate.clamped else estimate.rmse_after * scale
+    after = estimate.rmse_after * scale if usable else None
     noise = NoiseEstimate(NOISE_ESTIMATOR, estimate.rmse_before * scale, after, _unit(run.modality))
     return noise, time.monotonic() - t
+
+
+def _error_estimate_is_consistent(estimate: ErrorEstimate, tolerance: float = 0.05) -> bool:
+    """Whether the estimated error after agrees with the noise level before and the change made.
+
+    By the triangle inequality the output's error is at least the input's noise minus the change:
+    ``after >= before - rms(output - input)``. An estimate below that (``tolerance`` of ``before`` allowed
+    for sampling) means the level ``before`` is too high, and SURE, which subtracts that level, is then too
+    low: neither the figure nor the reduction would be true. A clamped (negative) estimate fails too.
+    """
+    if estimate.clamped:
+        return False
+    change = math.sqrt(estimate.mean_change_sq)
+    return estimate.rmse_after + change >= (1.0 - tolerance) * estimate.rmse_before
 
 
 def _report(

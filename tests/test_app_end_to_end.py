@@ -249,7 +249,13 @@ def test_run_record_agrees_with_the_output(case: AppCase) -> None:
     assert (series_workdir / "nsn2n_model.pt").is_file()
     assert (series_workdir / "qa_montage.png").is_file()
     noise = record["noise"]
-    assert 0 < noise["after"] < noise["before"], noise
+    if case.name == "ct":  # thin synthetic CT: the level is measured well, the figure must show the gain
+        assert 0 < noise["after"] < noise["before"], noise
+    else:  # the 7 mm MR sample: anatomy between slices inflates the level; no figure rather than a false one
+        assert noise["before"] > 0
+        assert noise["after"] is None or 0 < noise["after"] < noise["before"], noise
+        if noise["after"] is None:
+            assert any("could not be estimated" in w for w in record["warnings"]), record["warnings"]
 
 
 # --------------------------------------------------------------------------------------------------

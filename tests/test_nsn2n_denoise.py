@@ -256,3 +256,16 @@ def test_an_unusable_error_estimate_reports_no_noise_after(noisy_case, monkeypat
     assert report.noise.before > 0
     assert any("could not be estimated" in w for w in report.warnings)
     assert json.loads(json.dumps(report.as_dict()))["noise"]["after"] is None
+
+
+def test_an_error_estimate_below_what_the_change_allows_is_not_reported():
+    """after < before - rms(change) is impossible (triangle inequality): the level was over-estimated."""
+    from nsn2n.api import _error_estimate_is_consistent
+    from nsn2n.error_estimate import ErrorEstimate
+
+    def estimate(after: float, change: float, clamped: bool = False) -> ErrorEstimate:
+        return ErrorEstimate(10.0, after, after**2, change**2, 0.0, clamped, (0,), 100, 2, 0.1)
+
+    assert _error_estimate_is_consistent(estimate(after=4.0, change=7.0))  # 4 + 7 >= 10
+    assert not _error_estimate_is_consistent(estimate(after=3.0, change=5.0))  # 3 + 5 < 9.5
+    assert not _error_estimate_is_consistent(estimate(after=0.0, change=12.0, clamped=True))
