@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from .report import (
     StageTimings,
     WeightMapStats,
 )
-from .residual_clip import clip_residual_per_pixel, residual_limits
+from .residual_clip import clip_change, residual_limits
 from .training import (
     PairSampler,
     RecorruptedSampler,
@@ -358,10 +358,11 @@ def denoise_volume(
     t_start = time.monotonic()
     run = _start(volume, spacing, (modality or "OT").upper(), config, padding_mask, initial_model)
     run.should_stop = should_stop
-    maps, noise_model, seconds_maps = _match_neighbours(run, config)
+    maps, noise_model, noise_stats, seconds_maps = _match_neighbours(run, config)
     network, formulation, stats, seconds_train = _train(run, maps, noise_model, config, initial_model, finetune_steps)
-    denoised, seconds_inference = _infer(run, network, maps, config)
-    noise, seconds_noise = _measure_noise(run, network, maps, noise_model, config)
+    evaluated = set(evaluation_slices(run.foreground, volume.shape[0]).tolist())
+    denoised, limits, seconds_inference = _infer(run, network, maps, config, evaluated)
+    noise, seconds_noise = _measure_noise(run, network, noise_model, config, limits)
     timings = StageTimings(seconds_maps, seconds_train, seconds_inference, seconds_noise, time.monotonic() - t_start)
     log.info(
         "noise: %.4g %s before, %s after (%s lower; %s); timings %s",
@@ -375,7 +376,7 @@ def denoise_volume(
     provenance = ModelProvenance()
     if initial_model is not None:
         provenance = ModelProvenance(initial_model.info.get("loaded_from"), finetune_steps)
-    report = _report(run, config, maps, noise_model, formulation, stats, provenance, timings, noise)
+    report = _report(run, config, maps, noise_stats, formulation, stats, provenance, timings, noise)
     info = {"config": config.as_dict(), "training": report.as_dict()["training"]}
     if initial_model is not None:
         info["loaded_from"] = provenance.loaded_from
@@ -442,21 +443,27 @@ def measure_noise_model(
     )
 
 
-def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, NoiseModel, float]:
-    """Weight maps and the noise model; ``(maps, model, seconds)``."""
+def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, NoiseModel, NoiseModelStats, float]:
+    """Weight maps, the noise model and its summary for the report; ``(maps, model, summary, seconds)``."""
     t = time.monotonic()
     maps = configured_weight_maps(run.volume_t, run.valid_t, config)
     noise_model = measure_noise_model(run.volume_t, run.valid_t, maps, config)
+    stats = NoiseModelStats(
+        level=noise_model.level(run.foreground) * run.normalizer.scale,
+        lag1_correlation=noise_model.lag1_correlation,
+        source=noise_model.source,
+        unit=_unit(run.modality),
+    )
     seconds = time.monotonic() - t
     log.info(
         "weight maps: %d pairs, %.1f%% of pixels matched; noise model from %s: %.4g %s in the foreground, "
         "neighbouring-pixel correlation %.2f; %.2f s",
         run.volume.shape[0] - 1,
         100 * maps.matched_fraction,
-        noise_model.source,
-        noise_model.level(run.foreground) * run.normalizer.scale,
-        _unit(run.modality),
-        noise_model.lag1_correlation,
+        stats.source,
+        stats.level,
+        stats.unit,
+        stats.lag1_correlation,
         seconds,
     )
     if maps.matched_fraction < 0.2 and config.use_weight_map:
@@ -464,7 +471,7 @@ def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, Noi
             f"only {100 * maps.matched_fraction:.0f}% of pixels match their neighbour slice; the denoising will be weak"
         )
         log.warning(run.warnings[-1])
-    return maps, noise_model, seconds
+    return maps, noise_model, stats, seconds
 
 
 def _train(
@@ -540,49 +547,49 @@ def _unit(modality: str) -> str:
     return "HU" if modality == "CT" else "a.u."
 
 
-def _infer(run: _Run, network: torch.nn.Module, maps: WeightMaps, config: DenoiseConfig) -> tuple[np.ndarray, float]:
-    """Denoise every slice, clip the residual, return to input units; ``(denoised, seconds)``."""
+def _infer(
+    run: _Run, network: torch.nn.Module, maps: WeightMaps, config: DenoiseConfig, keep: Collection[int]
+) -> tuple[np.ndarray, dict[int, np.ndarray], float]:
+    """Denoise every slice, clip the residual, return to input units.
+
+    ``(denoised, the clip's limits of the slices in keep (none without a clip), seconds)``: the error
+    estimate probes the same clip on those slices.
+    """
     t = time.monotonic()
     out_norm = infer_slices(network, run.normalised, run.device, config, run.should_stop)
-    out_norm = clip_residual_per_pixel(
-        run.normalised,
-        out_norm,
-        maps.weights,
-        k_matched=config.residual_clip_k,
-        k_unmatched=config.residual_clip_unmatched_k,
-        valid=run.valid,
-        default_sigma=maps.pixel_sigma,
-    )
+    kept: dict[int, np.ndarray] = {}
+    if config.residual_clip_k is not None or config.residual_clip_unmatched_k is not None:
+        limits = residual_limits(
+            run.normalised,
+            maps.weights,
+            k_matched=config.residual_clip_k,
+            k_unmatched=config.residual_clip_unmatched_k,
+            valid=run.valid,
+            default_sigma=maps.pixel_sigma,
+        )
+        for z, limit in enumerate(limits):
+            out_norm[z] = clip_change(run.normalised[z], out_norm[z], limit)
+            if z in keep:
+                kept[z] = limit
     denoised = to_input_units(run.normalizer, out_norm, run.volume, run.valid, run.modality)
-    return denoised, time.monotonic() - t
+    return denoised, kept, time.monotonic() - t
 
 
 def _measure_noise(
-    run: _Run, network: torch.nn.Module, maps: WeightMaps, noise_model: NoiseModel, config: DenoiseConfig
+    run: _Run,
+    network: torch.nn.Module,
+    noise_model: NoiseModel,
+    config: DenoiseConfig,
+    limits: dict[int, np.ndarray],
 ) -> tuple[NoiseEstimate, float]:
     """Noise before and the RMS error after, over the foreground (:mod:`nsn2n.error_estimate`).
 
     The denoiser probed is the one that made the output: the network in float32 (bf16 rounding would
-    swamp the estimator's finite differences), then the residual clip with its limits held at those of
-    the unperturbed volume. ``(estimate, seconds)``.
+    swamp the estimator's finite differences), then the residual clip with ``limits`` (those of the
+    unperturbed volume, per evaluated slice, from :func:`_infer`; empty without a clip) held.
+    ``(estimate, seconds)``.
     """
     t = time.monotonic()
-    mask = run.foreground
-    wanted = evaluation_slices(mask, run.normalised.shape[0])
-    limits = {
-        z: limit
-        for z, limit in enumerate(
-            residual_limits(
-                run.normalised,
-                maps.weights,
-                k_matched=config.residual_clip_k,
-                k_unmatched=config.residual_clip_unmatched_k,
-                valid=run.valid,
-                default_sigma=maps.pixel_sigma,
-            )
-        )
-        if z in set(wanted.tolist())
-    }
 
     def network_and_clip(volume: np.ndarray, slices: np.ndarray) -> np.ndarray:
         raw = denoise_slices(
@@ -596,11 +603,12 @@ def _measure_noise(
             should_stop=run.should_stop,
             slices=slices,
         )
-        for i, z in enumerate(slices):
-            raw[i] = volume[z] - np.clip(volume[z] - raw[i], -limits[int(z)], limits[int(z)])
+        if limits:
+            for i, z in enumerate(slices):
+                raw[i] = clip_change(volume[z], raw[i], limits[int(z)])
         return raw
 
-    estimate = estimate_error(network_and_clip, run.normalised, noise_model, mask, perturb_in_place=True)
+    estimate = estimate_error(network_and_clip, run.normalised, noise_model, run.foreground, perturb_in_place=True)
     usable = _error_estimate_is_consistent(estimate)
     if not usable:
         run.warnings.append(
@@ -633,7 +641,7 @@ def _report(
     run: _Run,
     config: DenoiseConfig,
     maps: WeightMaps,
-    noise_model: NoiseModel,
+    noise_stats: NoiseModelStats,
     formulation: str,
     stats: TrainingStats,
     provenance: ModelProvenance,
@@ -656,12 +664,7 @@ def _report(
             threshold_median=float(maps.thresholds.median()) * scale,
             pixel_noise_sigma=maps.pixel_sigma * scale,
         ),
-        noise_model=NoiseModelStats(
-            level=noise_model.level(run.foreground) * scale,
-            lag1_correlation=noise_model.lag1_correlation,
-            source=noise_model.source,
-            unit=_unit(run.modality),
-        ),
+        noise_model=noise_stats,
         formulation=formulation,
         residual_clip=ResidualClipLimits(config.residual_clip_k, config.residual_clip_unmatched_k),
         training=stats,

@@ -37,12 +37,10 @@ import torch
 __all__ = [
     "MAD_TO_SIGMA",
     "MEAN_ABS_TO_SIGMA",
-    "NOISE_ESTIMATOR",
     "matched_pair_difference",
     "paired_slice_noise_sigma",
 ]
 
-NOISE_ESTIMATOR = "paired-slice difference in matched regions (MAD / sqrt 2)"
 #: Median absolute deviation -> standard deviation, for Gaussian noise (1 / Phi^-1(3/4)).
 MAD_TO_SIGMA = 1.4826
 #: Mean absolute deviation -> standard deviation, for Gaussian noise (sqrt(pi / 2)).

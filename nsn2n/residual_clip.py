@@ -38,7 +38,14 @@ from scipy import ndimage
 
 from .noise import MEAN_ABS_TO_SIGMA, matched_pair_difference
 
-__all__ = ["BLOCK_PX", "clip_residual_per_pixel", "local_noise_sigma", "matched_neighbours", "residual_limits"]
+__all__ = [
+    "BLOCK_PX",
+    "clip_change",
+    "clip_residual_per_pixel",
+    "local_noise_sigma",
+    "matched_neighbours",
+    "residual_limits",
+]
 
 #: Block size of the local noise estimate (pixels) and the Gaussian smoothing in blocks.
 BLOCK_PX = 8
@@ -133,9 +140,13 @@ def clip_residual_per_pixel(
         noisy, weights, k_matched=k_matched, k_unmatched=k_unmatched, valid=valid, default_sigma=default_sigma
     )
     for z, limit in enumerate(limits):
-        residual = np.clip(noisy[z] - denoised[z], -limit, limit)
-        denoised[z] = noisy[z] - residual
+        denoised[z] = clip_change(noisy[z], denoised[z], limit)
     return denoised
+
+
+def clip_change(noisy: np.ndarray, denoised: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """``noisy - clip(noisy - denoised, -limit, limit)``: ``denoised`` with its change bounded by ``limit``."""
+    return noisy - np.clip(noisy - denoised, -limit, limit)
 
 
 def residual_limits(
