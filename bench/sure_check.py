@@ -5,10 +5,9 @@
 
 For every case of the split (default: tuning) and every classic denoiser ``f``:
 
-* the noise model of the noisy volume is built the way the product builds it: weight maps of the
-  normalised volume with the default configuration (``nsn2n.api.prepare_volume`` /
-  ``configured_weight_maps``), outer-pair maps (``nsn2n.noise_model.outer_pair_weights``) and
-  ``estimate_noise_model`` on the volume in its own units (HU, template units);
+* the noise model of the noisy volume is the product's (``nsn2n.api.measure_noise_model`` on the
+  normalised volume with the default configuration), its level converted to the volume's own units
+  (HU, template units);
 * the estimator (``nsn2n.error_estimate.estimate_error``, defaults: at most 16 slices, 2 probes,
   eps 0.1, seed 0) sees the noisy volume, the noise model and ``f``: never the clean volume;
 * the truth: ``before`` = std of ``noisy - clean``, ``after`` = RMS of ``f(noisy) - clean``, over every
@@ -40,6 +39,7 @@ the clean checks of the noise level; on MR, Rician noise has a signal-dependent 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import logging
 import sys
@@ -68,13 +68,8 @@ from nsn2n.noise_model import (
     SMOOTH_BLOCKS,
     NoiseModel,
     correlation_kernel,
-    estimate_noise_model,
-    outer_pair_weights,
     sigma_from_blocks,
 )
-
-#: The training sampler's foreground rule (``nsn2n.training``): network units above the fill value.
-PRODUCT_FOREGROUND_LEVEL = 0.1
 
 DenoiserFactory = Callable[[np.ndarray, str], SliceDenoiser]
 
@@ -85,19 +80,16 @@ def product_noise_model(noisy: np.ndarray, modality: str) -> tuple[NoiseModel, n
 
     import nsn2n
     from nsn2n import api
+    from nsn2n.training import foreground_mask
 
     valid, normalizer, normalised = api.prepare_volume(noisy, None, modality.upper(), None)
     cfg = nsn2n.DenoiseConfig(device="cpu")
     volume_t, valid_t = torch.from_numpy(normalised), torch.from_numpy(valid)
-
-    def match(sub: torch.Tensor, sub_valid: torch.Tensor | None) -> torch.Tensor:
-        sub_valid = torch.ones_like(sub, dtype=torch.bool) if sub_valid is None else sub_valid
-        return api.configured_weight_maps(sub, sub_valid, cfg).weights
-
-    adjacent = api.configured_weight_maps(volume_t, valid_t, cfg).weights
-    outer = outer_pair_weights(volume_t, valid_t, match)
-    model = estimate_noise_model(noisy, adjacent, outer, valid)
-    foreground = valid & (np.abs(normalised - normalizer.normalised_fill) > PRODUCT_FOREGROUND_LEVEL)
+    maps = api.configured_weight_maps(volume_t, valid_t, cfg)
+    model = api.measure_noise_model(volume_t, valid_t, maps, cfg)
+    # The normalisation is affine, so the level in the volume's units is the normalised level times the scale.
+    model = dataclasses.replace(model, sigma_blocks=model.sigma_blocks * np.float32(normalizer.scale))
+    foreground = foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill)).numpy()
     return model, foreground
 
 
