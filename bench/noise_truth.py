@@ -1,7 +1,15 @@
-"""Are the noise figures we show users true? Compare noise estimators with the ground truth.
+"""Output-only noise estimators against the ground truth: what a figure computed from input and output alone is worth.
 
-    nice -n 10 python -m bench.noise_truth --out bench/results/noise-truth-report-cpu.md   # (+ .log)
-    python -m bench.noise_truth --estimators product,flat-roi,mypkg.mymod:my_estimator --cases ct-thin
+    nice -n 10 python -m bench.noise_truth --out FILE.md   # (+ .log)
+    python -m bench.noise_truth --estimators paired-slice,flat-roi,mypkg.mymod:my_estimator --cases ct-thin
+
+Not the product's figures. The run reports the noise model's level before and a Monte-Carlo SURE of its
+error after (``nsn2n/error_estimate.py``); SURE needs the denoiser itself, so it cannot be computed from a
+cached output. Those figures are checked against the truth by ``bench/sure_check.py`` (classic denoisers,
+with the product's noise model and with the true level) and by the reported-noise section of every
+``bench/quality.py`` table (NS-N2N's own run report). This script compares estimators that see only the
+input and one output, such as the paired-slice figure the product reported until 2026-11-30; its last
+table is ``results/history/noise-truth-report-cpu.md``.
 
 For every benchmark case and every method output (taken from the output cache that ``bench.quality``
 fills, or computed), the truth is known:
@@ -22,8 +30,9 @@ the figure a user reads as "X % lower". Plug a new estimator in with ``--estimat
 
 Estimators included:
 
-* ``product``: what the app reports today (``nsn2n.noise.paired_slice_noise_sigma`` on the weight maps of
-  the noisy volume, applied to the input and to the output, as ``nsn2n.denoise_volume`` does).
+* ``paired-slice``: ``nsn2n.noise.paired_slice_noise_sigma`` on the weight maps of the noisy volume,
+  applied to the input and to the output (the product's figure until 2026-11-30: its "after" measured
+  what the paper's regional-consistency loss drives down).
 * ``flat-roi``: the benchmark's flat-ROI standard deviation (``bench.noise.estimate_sigma_flat_roi``) on
   the input and on the output, each with its own object mask.
 """
@@ -69,8 +78,8 @@ def _weight_maps_of(noisy: np.ndarray, modality: str) -> tuple:
     return _MAPS[key]
 
 
-def product_estimator(noisy: np.ndarray, denoised: np.ndarray, *, spacing, modality: str) -> tuple[float, float]:
-    """The app's figures: paired-slice MAD on matched pixels of the noisy volume's weight maps."""
+def paired_slice_estimator(noisy: np.ndarray, denoised: np.ndarray, *, spacing, modality: str) -> tuple[float, float]:
+    """Paired-slice MAD on matched pixels of the noisy volume's weight maps, of the input and of the output."""
     from nsn2n.noise import paired_slice_noise_sigma
 
     weights, valid = _weight_maps_of(noisy, modality)
@@ -82,7 +91,7 @@ def flat_roi_estimator(noisy: np.ndarray, denoised: np.ndarray, *, spacing, moda
     return baselines.estimate_sigma(noisy, modality), baselines.estimate_sigma(denoised, modality)
 
 
-ESTIMATORS: dict[str, Estimator] = {"product": product_estimator, "flat-roi": flat_roi_estimator}
+ESTIMATORS: dict[str, Estimator] = {"paired-slice": paired_slice_estimator, "flat-roi": flat_roi_estimator}
 
 
 def resolve_estimator(name: str) -> Estimator:
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="report", choices=cases.SPLITS)
     p.add_argument("--cases", default=None, help="comma list (default: every case of the split)")
     p.add_argument("--methods", default="nsn2n,nlm3d,bm4d,gauss", help=f"comma list of {', '.join(METHODS)}")
-    p.add_argument("--estimators", default="product,flat-roi", help="names or module:function, comma list")
+    p.add_argument("--estimators", default="paired-slice,flat-roi", help="names or module:function, comma list")
     p.add_argument("--seed", type=int, default=None, help="noise seed (default: the split's first)")
     p.add_argument("--steps", type=int, default=100, help="NS-N2N training steps (default 100)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

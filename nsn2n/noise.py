@@ -6,7 +6,7 @@ and, where the anatomy matches, no anatomy:
 * :func:`paired_slice_noise_sigma` (here): one robust number per volume over the matched pixels. The run
   no longer reports it (its "after" figure measured what the paper's regional-consistency loss drives
   down; the run reports :mod:`nsn2n.noise_model`'s level and :mod:`nsn2n.error_estimate`'s SURE); the
-  benchmark keeps it as a comparison (``bench/noise_truth.py``).
+  benchmark keeps it as a comparison (``bench/noise_truth.py`` as ``paired-slice``).
 * :func:`nsn2n.weight_map.pixel_noise_sigma` and ``quiet_tile_scale``: the noise scale the weight maps'
   guide and threshold are set in; from the quietest tiles, since a whole-slice MAD counts anatomy that
   changes between slices as noise.

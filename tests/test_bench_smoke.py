@@ -277,7 +277,7 @@ def test_noise_truth_reduction_and_estimator_plugins():
     before, after = truth(clean, clean + noise_field, clean + noise_field / 3, np.ones(clean.shape, bool))
     assert before == pytest.approx(3.0) and after == pytest.approx(1.0)
     assert reduction(before, after) == pytest.approx(2 / 3)
-    assert resolve_estimator("product") is ESTIMATORS["product"]
+    assert resolve_estimator("paired-slice") is ESTIMATORS["paired-slice"]
     assert resolve_estimator("bench.noise_truth:flat_roi_estimator") is ESTIMATORS["flat-roi"]
     with pytest.raises(KeyError):
         resolve_estimator("nope")
