@@ -2,9 +2,11 @@
 
 It is the ceiling the self-supervised method is measured against, so it lives here and not in the
 product: the application never has a clean volume. It reuses the library's pieces (normalisation,
-network, sampler, training loop with its divergence guard, inference) so that only the target differs.
-No residual clip is applied: the clip is a safeguard for the self-supervised model, and the ceiling
-should show what the network can do when it is told the truth.
+network, crop placement, training loop with its divergence guard, inference) so that only the target
+differs: the network reads what the configured one reads (the slice and ``context_slices`` neighbours
+on either side for the default ``"recorrupted"`` formulation, the slice alone for ``"paper"``), without
+synthetic noise, and learns the clean slice. No residual clip is applied: the clip is a safeguard for
+the self-supervised model, and the ceiling should show what the network can do when it is told the truth.
 """
 
 from __future__ import annotations
@@ -18,41 +20,71 @@ import torch
 
 from nsn2n import DenoiseConfig
 from nsn2n.api import check_spacing, infer_slices, prepare_volume, seed_torch, select_device, to_input_units
-from nsn2n.training import Batch, PairSampler, TrainingStats, train_network
+from nsn2n.training import (
+    RecorruptedBatch,
+    TrainingStats,
+    context_indices,
+    foreground_crop_origin,
+    foreground_mask,
+    recorrupted_step,
+    train_network,
+)
 from nsn2n.unet import ResidualUNet
 
-__all__ = ["OracleResult", "SupervisedPairSampler", "fit_supervised_oracle", "supervised_step"]
+__all__ = ["OracleResult", "SupervisedContextSampler", "fit_supervised_oracle"]
 
 
-class SupervisedPairSampler(PairSampler):
-    """Crops of (noisy slice, its clean version): ``x_b`` is the clean target of ``x_a``.
+class SupervisedContextSampler:
+    """Crops of (a noisy slice with its ``context`` neighbours on either side, its clean version).
+
+    The same crop placement (on the foreground) and augmentation (one rot90 and flip per item) as
+    :class:`nsn2n.training.RecorruptedSampler`, neighbours mirrored at the ends as there; the batch is a
+    :class:`nsn2n.training.RecorruptedBatch` whose target is the clean slice, for
+    :func:`nsn2n.training.recorrupted_step` (masked MSE).
 
     Args:
         volume: (D, H, W) normalised noisy volume.
         target: (D, H, W) normalised clean volume.
         valid: (D, H, W) bool, False for padding.
-        crop_size, fill, seed: as for :class:`nsn2n.training.PairSampler`.
+        context: neighbours on either side in the input.
+        crop_size, fill, seed: as for :class:`nsn2n.training.RecorruptedSampler`.
     """
 
     def __init__(
-        self, volume: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *, crop_size: int, fill: float, seed: int
+        self,
+        volume: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        context: int,
+        crop_size: int,
+        fill: float,
+        seed: int,
     ) -> None:
-        super().__init__(volume, None, valid, crop_size=crop_size, fill=fill, seed=seed)
-        self.target = target
-        self.n_items = volume.shape[0]  # every slice, not pairs
+        self.volume, self.target, self.valid, self.context = volume, target, valid, context
+        side = min(crop_size, volume.shape[1], volume.shape[2])
+        self.crop = (side, side)
+        self.foreground = foreground_mask(volume, valid, fill)
+        self.rng = np.random.default_rng(seed)
 
-    def pair(self, index: int, window: tuple[slice, slice]) -> tuple[torch.Tensor, ...]:
-        """``(noisy, clean, valid, valid)`` crops of slice ``index``; the loss is taken on valid pixels."""
-        valid = self.valid[index][window]
-        return self.volume[index][window], self.target[index][window], valid, valid
-
-
-def supervised_step(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Plain MSE to the clean target over the valid pixels."""
-    out = model(batch.x_a).float()
-    mask = batch.valid.to(out.dtype)
-    loss = (mask * (out - batch.x_b) ** 2).sum() / mask.sum().clamp_min(1.0)
-    return loss, {}
+    def sample(self, batch_size: int) -> RecorruptedBatch:
+        depth = self.volume.shape[0]
+        side = self.crop[0]
+        items = []
+        for _ in range(batch_size):
+            i = int(self.rng.integers(0, depth))
+            y, x = foreground_crop_origin(self.foreground[i], self.crop, self.rng)
+            ys, xs = slice(y, y + side), slice(x, x + side)
+            channels = [self.volume[j, ys, xs] for j in context_indices(i, depth, self.context)]
+            valid = self.valid[i, ys, xs].to(self.volume.dtype)
+            stack = torch.stack([*channels, self.target[i, ys, xs], valid])
+            stack = torch.rot90(stack, int(self.rng.integers(0, 4)), dims=(1, 2))
+            if self.rng.integers(0, 2):
+                stack = stack.flip(2)
+            items.append(stack)
+        batch = torch.stack(items)
+        n = 2 * self.context + 1
+        return RecorruptedBatch(batch[:, :n], batch[:, n : n + 1], batch[:, n + 1 : n + 2] > 0.5)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +111,7 @@ def fit_supervised_oracle(
     modality: str = "CT",
     config: DenoiseConfig | None = None,
 ) -> OracleResult:
-    """Train the NS-N2N network on ``noisy`` with ``clean`` as target and denoise ``noisy`` with it."""
+    """Train the configured NS-N2N network on ``noisy`` with ``clean`` as target and denoise ``noisy`` with it."""
     config = config or DenoiseConfig()
     modality = modality.upper()
     check_spacing(spacing, config)
@@ -87,18 +119,20 @@ def fit_supervised_oracle(
     seed_torch(config)
     valid, normalizer, normalised = prepare_volume(noisy, None, modality)
     clean_norm = normalizer.normalize(clean)
-    network = ResidualUNet(config.unet_width, config.unet_depth).to(device)
+    context = config.context_slices if config.formulation == "recorrupted" else 0
+    network = ResidualUNet(config.unet_width, config.unet_depth, in_channels=2 * context + 1).to(device)
     t = time.monotonic()
-    sampler = SupervisedPairSampler(
+    sampler = SupervisedContextSampler(
         torch.from_numpy(normalised).to(device),
         torch.from_numpy(clean_norm).to(device),
         torch.from_numpy(valid).to(device),
+        context=context,
         crop_size=config.crop_size,
         fill=float(normalizer.normalised_fill),
         seed=config.seed,
     )
     stats = train_network(
-        network, sampler, supervised_step, config, steps=config.max_steps, device=device, label="oracle"
+        network, sampler, recorrupted_step, config, steps=config.max_steps, device=device, label="oracle"
     )
     out = infer_slices(network, normalised, device, config)
     denoised = to_input_units(normalizer, out, noisy, valid, modality)

@@ -63,6 +63,7 @@ __all__ = [
     "StepFn",
     "TrainingStats",
     "context_indices",
+    "foreground_crop_origin",
     "foreground_mask",
     "nsn2n_step",
     "recorrupted_step",
@@ -121,7 +122,7 @@ class PairSampler:
         self.n_items = volume.shape[0] - 1  # pairs (i, i+1)
 
     def _crop_origin(self, index: int) -> tuple[int, int]:
-        return _foreground_origin(self.foreground[index], self.crop, self.rng)
+        return foreground_crop_origin(self.foreground[index], self.crop, self.rng)
 
     def pair(self, index: int, window: tuple[slice, slice]) -> tuple[torch.Tensor, ...]:
         """``(x_a, x_b, weight, valid)`` crops of item ``index``: the pair (i, i+1) in random order."""
@@ -229,7 +230,7 @@ class RecorruptedSampler:
         self.sigma_blocks = torch.from_numpy(noise_model.sigma_blocks * np.float32(sigma_scale)).to(volume.device)
 
     def _crop_origin(self, index: int) -> tuple[int, int]:
-        return _foreground_origin(self.foreground[index], self.crop, self.rng)
+        return foreground_crop_origin(self.foreground[index], self.crop, self.rng)
 
     def sample(self, batch_size: int) -> RecorruptedBatch:
         """``batch_size`` items, each with one random rot90 and flip on all its crops."""
@@ -259,7 +260,9 @@ class RecorruptedSampler:
         return RecorruptedBatch(batch[:, :n], batch[:, n : n + 1], batch[:, n + 1 : n + 2] > 0.5)
 
 
-def _foreground_origin(foreground: torch.Tensor, crop: tuple[int, int], rng: np.random.Generator) -> tuple[int, int]:
+def foreground_crop_origin(
+    foreground: torch.Tensor, crop: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int]:
     """A crop origin whose crop holds at least ``_MIN_FOREGROUND`` foreground, else the best of a few draws."""
     ch, cw = crop
     h, w = foreground.shape
