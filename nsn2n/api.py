@@ -236,8 +236,9 @@ def check_spacing(spacing: Sequence[float], config: DenoiseConfig) -> tuple[tupl
     if dz > config.max_slice_gap_mm:
         warnings.append(
             f"neighbouring slices are {dz:.2f} mm apart (> {config.max_slice_gap_mm:g} mm): anatomy changes "
-            "between slices, fewer regions match and the neighbour is a weaker Noise2Noise target; expect "
-            "less noise reduction than on thin slices"
+            "between slices, so fewer regions match: the noise is measured from fewer pixels and the neighbours "
+            "help less (as context, or as the paper formulation's target); expect less noise reduction than on "
+            "thin slices"
         )
     return (dz, dy, dx), warnings
 
@@ -468,7 +469,8 @@ def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, Noi
     )
     if maps.matched_fraction < 0.2 and config.use_weight_map:
         run.warnings.append(
-            f"only {100 * maps.matched_fraction:.0f}% of pixels match their neighbour slice; the denoising will be weak"
+            f"only {100 * maps.matched_fraction:.0f}% of pixels match their neighbour slice: the noise model rests "
+            "on few pixels and the neighbours add little; the denoising may be weak"
         )
         log.warning(run.warnings[-1])
     return maps, noise_model, stats, seconds

@@ -129,8 +129,9 @@ class DenoiseConfig:
             cores gets that many threads, and more threads than cores would make torch's threads wait
             for one another at every operation. See :attr:`DenoiseConfig.cpu_threads`.
         log_every_s: seconds between progress lines.
-        max_slice_gap_mm: neighbours farther apart than this are warned about: the neighbour is a
-            weaker Noise2Noise target for thick or sparse slices.
+        max_slice_gap_mm: neighbours farther apart than this are warned about: on thick or sparse
+            slices fewer regions match, so the noise model rests on fewer pixels and the neighbours help
+            less (as context, or as the paper formulation's target).
     """
 
     max_steps: int = 400
