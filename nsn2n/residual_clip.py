@@ -2,9 +2,11 @@
 
 A correct denoiser changes each pixel by about the noise in it: the residual ``x - f(x)`` looks like the
 noise, and a change of more than three noise standard deviations is rare (0.3 % of pixels for Gaussian
-noise). NS-N2N's target, the neighbouring slice, is biased wherever anatomy changes between slices, so
-the network can learn to move pixels towards the neighbour's anatomy (edges that shift, vessels that
-appear) by much more than the noise. The clip bounds that:
+noise). Both formulations can carry a neighbour's anatomy into the slice where the two differ (edges that
+shift, vessels that appear), by much more than the noise: the paper's because its target, the
+neighbouring slice, is biased there; the default (recorrupted) one because the network reads the
+neighbours as context and may lean on them where they do not match (the clip mattered most on thick
+slices; ``bench/results/tuning-probe-clip-*`` measures it on each tuning case). The clip bounds that:
 
     |x - f(x)|  <=  k(c) * sigma_local(x, y)
 
@@ -20,8 +22,8 @@ appear) by much more than the noise. The clip bounds that:
 * ``c`` is how many of its two neighbours a pixel matches (the end slices count their one pair twice).
   Pixels matched on both sides get ``k = residual_clip_k`` (default 3: the change may be as large as the
   noise, only hallucination-sized moves are cut); the others get the tighter
-  ``k = residual_clip_unmatched_k`` (default 1.5), because there the neighbour target was biased or
-  absent during training.
+  ``k = residual_clip_unmatched_k`` (default 1.5), because there the neighbour (target or context)
+  showed other anatomy.
 
 This safeguard is our own decision, not part of the NS-N2N paper (docs/method.md); ``bench/clip_sweep.py``
 compares clip rules.
