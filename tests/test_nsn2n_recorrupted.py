@@ -1,6 +1,7 @@
 """The recorrupted formulation and the noise model it draws from: known answers on tiny volumes (CPU, seconds).
 
-* The noise model measures a known level, its left/right change and a known in-plane correlation.
+* The noise model measures a known level, its left/right change (up to a block from a step in the level)
+  and a known in-plane correlation; its shaping kernel reproduces the short-lag correlation exactly.
 * Its samples have the level and correlation asked for.
 * Recorrupted pairs: the input's and the target's noise are uncorrelated when the synthetic noise matches
   the real one (the property that makes the target unbiased), with variances (1 + alpha^2) and
@@ -21,7 +22,7 @@ import torch
 from nsn2n import DenoiseConfig, TrainedModel, api
 from nsn2n.inference import context_stack, denoise_slices
 from nsn2n.intensity import IntensityNormalizer
-from nsn2n.noise_model import NoiseModel, outer_pair_weights
+from nsn2n.noise_model import MAX_LAG, NoiseModel, correlation_kernel, outer_pair_weights
 from nsn2n.training import RecorruptedBatch, RecorruptedSampler, context_indices, recorrupted_step
 from nsn2n.unet import ResidualUNet
 
@@ -64,6 +65,39 @@ def test_the_noise_level_follows_a_change_across_the_slice():
     sigma = model.sigma_map(6)
     assert np.median(sigma[:, :48]) == pytest.approx(0.02, rel=0.15)
     assert np.median(sigma[:, 80:]) == pytest.approx(0.08, rel=0.15)
+
+
+def test_the_level_keeps_a_step_up_to_a_block_from_it():
+    # A quiet half beside a noisy one (MR: air beside tissue), the quiet half matching on more pixels:
+    # one block away from the step, each side reads what it reads far from the step (a mean weighted by
+    # matching pixels pulled the noisy side's first blocks down to about 0.045).
+    shape = (12, 64, 128)
+    level = np.where(np.arange(shape[2]) < 64, 0.02, 0.08).astype(np.float32)
+    volume = 1.0 + level * np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    sigma = np.stack([_model_of(volume).sigma_map(z) for z in range(shape[0])])
+    assert np.median(sigma[:, :, 48:56]) == pytest.approx(np.median(sigma[:, :, :40]), rel=0.05)
+    assert np.median(sigma[:, :, 72:80]) == pytest.approx(np.median(sigma[:, :, 100:]), rel=0.05)
+    assert np.median(sigma[:, :, :40]) == pytest.approx(0.02, rel=0.15)
+    assert np.median(sigma[:, :, 100:]) == pytest.approx(0.08, rel=0.15)
+
+
+def _kernel_autocorrelation(kernel: np.ndarray, lag: int) -> float:
+    """Correlation at horizontal ``lag`` of white noise filtered by ``kernel`` (unit energy)."""
+    return float((kernel[:, lag:] * kernel[:, : kernel.shape[1] - lag]).sum())
+
+
+def test_the_shaping_kernel_reproduces_the_short_lag_correlation():
+    # The autocorrelation of CT-like blotchy noise: Gaussian, 0.8 at lag 1.
+    lags = np.arange(-MAX_LAG, MAX_LAG + 1)
+    r2 = lags[:, None] ** 2 + lags[None, :] ** 2
+    wanted = 0.8 ** r2.astype(np.float64)
+    kernel = correlation_kernel(wanted)
+    assert float((kernel**2).sum()) == pytest.approx(1.0, rel=1e-5)
+    for lag in (1, 2, 3):
+        assert _kernel_autocorrelation(kernel, lag) == pytest.approx(wanted[MAX_LAG, MAX_LAG + lag], abs=0.01)
+    white = np.zeros_like(wanted)
+    white[MAX_LAG, MAX_LAG] = 1.0
+    assert _kernel_autocorrelation(correlation_kernel(white), 1) == pytest.approx(0.0, abs=0.01)
 
 
 def test_samples_have_the_requested_level_and_the_model_correlation():
