@@ -65,16 +65,13 @@ from nsn2n.error_estimate import (
 from nsn2n.noise_model import (
     BLOCK_PX,
     MAX_LAG,
+    SMOOTH_BLOCKS,
     NoiseModel,
     correlation_kernel,
     sigma_from_blocks,
 )
 
 DenoiserFactory = Callable[[np.ndarray, str], SliceDenoiser]
-
-#: Gaussian smoothing of the true noise's block levels, in blocks: about the resolution of the product
-#: model's 3 x 3 block median.
-SMOOTH_BLOCKS = 1.5
 
 
 def product_noise_model(noisy: np.ndarray, modality: str) -> tuple[NoiseModel, np.ndarray]:
@@ -103,7 +100,7 @@ def true_noise_model(noise: np.ndarray, mask: np.ndarray) -> NoiseModel:
     The noise is first detrended (minus its 8 px Gaussian local mean): Rician noise has a signal-dependent
     mean (up to 1.25 sigma in air), which is bias, not noise. Level: RMS of the detrended noise per
     ``BLOCK_PX`` block over its ``mask`` pixels (all pixels where it has none), smoothed over
-    ``SMOOTH_BLOCKS`` blocks (about the product model's ``3 x 3`` block median);
+    ``SMOOTH_BLOCKS`` blocks (the product model's resolution);
     correlation: the in-plane autocorrelation of the detrended noise divided by that level over the
     ``mask`` pixels, for lags up to ``MAX_LAG``, turned into a shaping kernel by ``correlation_kernel``.
     """

@@ -25,11 +25,7 @@ Where the outer pairs match too few pixels (volumes of fewer than 4 slices, very
 pair's own weight map is used for both and the report says so.
 
 * Level: ``sigma`` per ``BLOCK_PX`` x ``BLOCK_PX`` block as above, from the block's pixels in the slice's
-  two pairs (blocks with at least ``MIN_BLOCK_VALUES`` of them), then the median over each block's
-  ``3 x 3`` neighbourhood. A median, not a weighted mean: the level steps at the edge of the object (MR
-  magnitude noise in air is a Rayleigh distribution, about two thirds of the tissue's), and a mean
-  weighted by the number of qualifying pixels lets the air blocks, where every pixel matches, pull the
-  level of the tissue beside them down.
+  two pairs, smoothed over ``SMOOTH_BLOCKS`` blocks (weighted by the number of qualifying pixels).
 * Correlation: the autocorrelation of ``d / sigma`` for lags up to ``MAX_LAG`` pixels over qualifying
   pixel pairs, averaged over the volume; its tapered spectrum gives a small shaping kernel ``h`` whose
   output, fed white Gaussian noise, has that autocorrelation and unit variance. The taper is flat over
@@ -53,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from .noise import MAD_TO_SIGMA
 
@@ -69,11 +66,11 @@ __all__ = [
 
 #: Block size of the local noise level (pixels).
 BLOCK_PX = 8
-#: Qualifying values (pixels of the slice's two pairs) a block needs for a level of its own.
-MIN_BLOCK_VALUES = 8
+#: Gaussian smoothing of the block levels, in blocks.
+SMOOTH_BLOCKS = 1.5
 #: Largest in-plane lag of the measured autocorrelation (pixels); the shaping kernel spans twice it + 3.
 MAX_LAG = 6
-_MIN_SUPPORT = 16  # qualifying pixels the volume-wide level needs
+_MIN_SUPPORT = 16.0  # qualifying pixels (after smoothing) a block needs for its own level
 _MIN_OUTER_FRACTION = 0.05  # below this fraction of matched outer-pair pixels, the pair's own map is used
 
 #: ``(D', H, W) normalised slices -> (D'-1, H, W) bool weight maps`` of consecutive slices.
@@ -122,16 +119,6 @@ def _median_levels(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks: NaN, handled by the count
         median = np.nanmedian(stacked, axis=2)
     return MAD_TO_SIGMA * median, count
-
-
-def _neighbourhood_median(levels: np.ndarray) -> np.ndarray:
-    """``(hb, wb)`` median of each block's ``3 x 3`` neighbourhood, NaN values left out (NaN if all are)."""
-    hb, wb = levels.shape
-    padded = np.pad(levels, 1, constant_values=np.nan)
-    stack = np.stack([padded[dy : dy + hb, dx : dx + wb] for dy in range(3) for dx in range(3)])
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN neighbourhoods: NaN, handled by the caller
-        return np.nanmedian(stack, axis=0)
 
 
 def _overall_sigma(volume: np.ndarray, masks: np.ndarray, valid: np.ndarray | None, max_samples: int) -> float:
@@ -186,7 +173,9 @@ def block_sigma(
         level_z = None
         for m in range(len(masks)):
             level, count = _median_levels([values(m, j) for j in pairs])
-            smooth = _neighbourhood_median(np.where(count >= MIN_BLOCK_VALUES, level, np.nan))
+            num = ndimage.gaussian_filter(np.where(count > 0, level * count, 0.0), SMOOTH_BLOCKS, mode="nearest")
+            den = ndimage.gaussian_filter(count.astype(np.float64), SMOOTH_BLOCKS, mode="nearest")
+            smooth = np.where(den >= _MIN_SUPPORT, num / np.maximum(den, 1e-12), np.nan)
             level_z = smooth if level_z is None else np.where(np.isnan(level_z), smooth, level_z)
         out.append(np.where(np.isnan(level_z), overall, level_z))
     return np.stack(out).astype(np.float32)
