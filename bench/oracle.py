@@ -23,6 +23,7 @@ from nsn2n.api import check_spacing, infer_slices, prepare_volume, seed_torch, s
 from nsn2n.training import (
     RecorruptedBatch,
     TrainingStats,
+    augmented_batch,
     context_indices,
     foreground_crop_origin,
     foreground_mask,
@@ -77,14 +78,8 @@ class SupervisedContextSampler:
             ys, xs = slice(y, y + side), slice(x, x + side)
             channels = [self.volume[j, ys, xs] for j in context_indices(i, depth, self.context)]
             valid = self.valid[i, ys, xs].to(self.volume.dtype)
-            stack = torch.stack([*channels, self.target[i, ys, xs], valid])
-            stack = torch.rot90(stack, int(self.rng.integers(0, 4)), dims=(1, 2))
-            if self.rng.integers(0, 2):
-                stack = stack.flip(2)
-            items.append(stack)
-        batch = torch.stack(items)
-        n = 2 * self.context + 1
-        return RecorruptedBatch(batch[:, :n], batch[:, n : n + 1], batch[:, n + 1 : n + 2] > 0.5)
+            items.append(torch.stack([*channels, self.target[i, ys, xs], valid]))
+        return augmented_batch(items, self.context, self.rng)
 
 
 @dataclass(frozen=True, eq=False)

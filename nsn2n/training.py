@@ -62,6 +62,7 @@ __all__ = [
     "RecorruptedSampler",
     "StepFn",
     "TrainingStats",
+    "augmented_batch",
     "context_indices",
     "foreground_crop_origin",
     "foreground_mask",
@@ -250,14 +251,22 @@ class RecorruptedSampler:
             slice_i = self.volume[i, ys, xs]
             channels = [self.volume[j, ys, xs] for j in context_indices(i, depth, self.context)]
             channels[self.context] = slice_i + self.alpha * z
-            stack = torch.stack([*channels, slice_i - z / self.alpha, valid.to(z.dtype)])
-            stack = torch.rot90(stack, int(self.rng.integers(0, 4)), dims=(1, 2))
-            if self.rng.integers(0, 2):
-                stack = stack.flip(2)
-            items.append(stack)
-        batch = torch.stack(items)
-        n = 2 * self.context + 1
-        return RecorruptedBatch(batch[:, :n], batch[:, n : n + 1], batch[:, n + 1 : n + 2] > 0.5)
+            items.append(torch.stack([*channels, slice_i - z / self.alpha, valid.to(z.dtype)]))
+        return augmented_batch(items, self.context, self.rng)
+
+
+def augmented_batch(items: list[torch.Tensor], context: int, rng: np.random.Generator) -> RecorruptedBatch:
+    """A :class:`RecorruptedBatch` of per-item stacks ``(2 context + 1 inputs, target, valid)``, each item
+    turned by one random rot90 and flip (the same for all its channels)."""
+    turned = []
+    for stack in items:
+        stack = torch.rot90(stack, int(rng.integers(0, 4)), dims=(1, 2))
+        if rng.integers(0, 2):
+            stack = stack.flip(2)
+        turned.append(stack)
+    batch = torch.stack(turned)
+    n = 2 * context + 1
+    return RecorruptedBatch(batch[:, :n], batch[:, n : n + 1], batch[:, n + 1 : n + 2] > 0.5)
 
 
 def foreground_crop_origin(
