@@ -366,11 +366,11 @@ def denoise_volume(
     noise, seconds_noise = _measure_noise(run, network, noise_model, config, limits)
     timings = StageTimings(seconds_maps, seconds_train, seconds_inference, seconds_noise, time.monotonic() - t_start)
     log.info(
-        "noise: %.4g %s before, %s after (%s lower; %s); timings %s",
+        "noise: %.4g %s before, %s after (%s; %s); timings %s",
         noise.before,
         noise.unit,
         "unknown" if noise.after is None else f"{noise.after:.4g}",
-        "?" if noise.after is None else f"{noise.reduction_percent:.0f}%",
+        _change_phrase(None if noise.after is None else noise.reduction_percent),
         NOISE_ESTIMATOR,
         ", ".join(f"{name} {seconds:.1f} s" for name, seconds in dataclasses.asdict(timings).items()),
     )
@@ -543,6 +543,15 @@ def _train(
             "with a halved learning rate; the result may be less denoised than usual"
         )
     return network, formulation, stats, seconds
+
+
+def _change_phrase(reduction_percent: float | None) -> str:
+    """``"27% lower"``, ``"3% higher"``, ``"unchanged"`` (under half a percent) or ``"change unknown"``."""
+    if reduction_percent is None:
+        return "change unknown"
+    if abs(reduction_percent) < 0.5:
+        return "unchanged"
+    return f"{abs(reduction_percent):.0f}% {'lower' if reduction_percent > 0 else 'higher'}"
 
 
 def _unit(modality: str) -> str:

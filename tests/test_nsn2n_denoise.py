@@ -8,7 +8,7 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
-from nsn2n import ConfigError, DenoiseConfig, TrainedModel, VolumeError, denoise_volume
+from nsn2n import ConfigError, DenoiseConfig, TrainedModel, VolumeError, api, denoise_volume
 
 TINY = DenoiseConfig(
     max_steps=400,
@@ -269,3 +269,12 @@ def test_an_error_estimate_below_what_the_change_allows_is_not_reported():
     assert _error_estimate_is_consistent(estimate(after=4.0, change=7.0))  # 4 + 7 >= 10
     assert not _error_estimate_is_consistent(estimate(after=3.0, change=5.0))  # 3 + 5 < 9.5
     assert not _error_estimate_is_consistent(estimate(after=0.0, change=12.0, clamped=True))
+
+
+@pytest.mark.parametrize(
+    ("reduction", "phrase"),
+    [(27.4, "27% lower"), (-3.2, "3% higher"), (-0.2, "unchanged"), (0.3, "unchanged"), (None, "change unknown")],
+)
+def test_the_noise_log_line_says_lower_higher_or_unchanged(reduction, phrase):
+    # A run whose noise rose a little must not log "-0% lower".
+    assert api._change_phrase(reduction) == phrase
