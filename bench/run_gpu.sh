@@ -8,7 +8,8 @@
 #    (main.md / main.log): thin and thick CT first, then lung1, then MR,
 # 3. meanwhile runs the CPU baselines (NLM-3D, then BM4D when bench/.venv-bm4d was carried along:
 #    the GPU machine has no network to create it) in other processes (cpu.md, bm4d.md, cpu.log),
-# 4. with the GPU time left: an NS-N2N step curve on ct-thin (variants.md / variants.log).
+# 4. with the GPU time left: NS-N2N and the oracle at 1200 steps, and NS-N2N at width 32, on ct-thin and
+#    mr-thin-r5 (variants.md, variants-width32.md).
 # BENCH_SPLIT=tuning runs the tuning set instead (for choosing defaults).
 # Whatever is still running at the deadline is stopped; every table written so far stays.
 # Needs: python3 with torch (CUDA), numpy, scipy, scikit-image, nibabel, pynrrd, and the source
@@ -50,8 +51,12 @@ bench --device "$gpu" --methods noisy,nsn2n,nomask,zsn2n,oracle \
   --cases ct-thin,ct-thick,lung1,mr-thin-r5,mr-thin-r9,mr-thick-r5 --out "$out/main.md" >/dev/null
 echo "main done at ${SECONDS}s" >>"$out/setup.log"
 
-# Step curve with the GPU time left (the default budget is max_steps: main.md has it).
-bench --device "$gpu" --methods nsn2n --cases ct-thin --seeds 1 --steps 500,3000 --out "$out/variants.md" >/dev/null
+# With the GPU time left, the two levers the CPU tuning runs pointed at (bench/README.md, 2026-11-30):
+# three times the steps, and a network twice as wide (the default budget and width: main.md has them).
+bench --device "$gpu" --methods nsn2n,oracle --cases ct-thin,mr-thin-r5 --seeds 1 --steps 1200 \
+  --out "$out/variants.md" >/dev/null
+bench --device "$gpu" --methods nsn2n --cases ct-thin,mr-thin-r5 --seeds 1 --steps 400,1200 --set unet_width=32 \
+  --out "$out/variants-width32.md" >/dev/null
 echo "variants done at ${SECONDS}s" >>"$out/setup.log"
 wait
 echo "all done at ${SECONDS}s" >>"$out/setup.log"
