@@ -95,7 +95,7 @@ class Outcome:
     device: str
     note: str = ""
     #: ``(before, after)`` noise figures the method itself reported (NS-N2N's run report), input units.
-    reported_noise: tuple[float, float] | None = None
+    reported_noise: tuple[float, float | None] | None = None
 
 
 def nsn2n_config(ctx: Context, **changes):

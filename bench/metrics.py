@@ -19,6 +19,9 @@ library infer the range (skimage infers 65535 for int16 → +24 dB; torchmetrics
   method removed edges (anatomy).
 * The no-reference removed-structure index of :mod:`qa_report.residual_structure` (input and output
   only) is reported beside them, so the flag can be checked against the with-reference measures.
+* Noise figures against the truth (:func:`true_noise_figures`, :func:`reduction`, :func:`relative_error`): the
+  true noise before (std of ``noisy - clean``) and RMS error after in a mask, the reduction
+  ``1 - after / before``, and an estimated reduction's error relative to the true one.
 """
 
 from __future__ import annotations
@@ -172,3 +175,22 @@ def mr_metrics(
     if ssim:
         scores |= {"ssim": ssim_2d_mean(c, t), "ssim_w400": float("nan")}
     return scores
+
+
+def true_noise_figures(
+    clean: np.ndarray, noisy: np.ndarray, denoised: np.ndarray, mask: np.ndarray
+) -> tuple[float, float]:
+    """(true noise std before, true RMS error after) inside ``mask``."""
+    before = float((noisy - clean)[mask].std())
+    after = float(np.sqrt(np.mean((denoised.astype(np.float64) - clean)[mask] ** 2)))
+    return before, after
+
+
+def reduction(before: float, after: float | None) -> float:
+    """Relative reduction ``1 - after / before`` (NaN when ``after`` is unknown or ``before`` not positive)."""
+    return 1.0 - after / before if after is not None and before > 0 else float("nan")
+
+
+def relative_error(estimated: float, true: float) -> float:
+    """``(estimated - true) / |true|``, e.g. of a reported noise reduction; NaN when ``true`` is 0."""
+    return (estimated - true) / abs(true) if true else float("nan")

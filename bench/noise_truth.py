@@ -52,6 +52,7 @@ import numpy as np
 
 from bench import baselines, cases, noise
 from bench.methods import METHODS, Context, load_tuned, log, run_method
+from bench.metrics import reduction, relative_error, true_noise_figures
 from bench.quality import resolve_device
 from bench.report import log_beside, machine_header, write_lines
 
@@ -104,18 +105,6 @@ def resolve_estimator(name: str) -> Estimator:
     return getattr(importlib.import_module(module), func)
 
 
-def truth(clean: np.ndarray, noisy: np.ndarray, denoised: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """(true noise std before, true RMS error after) inside ``mask``."""
-    before = float((noisy - clean)[mask].std())
-    after = float(np.sqrt(np.mean((denoised.astype(np.float64) - clean)[mask] ** 2)))
-    return before, after
-
-
-def reduction(before: float, after: float) -> float:
-    """Relative reduction ``1 - after / before`` (NaN when before is not positive)."""
-    return 1.0 - after / before if before > 0 else float("nan")
-
-
 def case_table(
     split: str,
     name: str,
@@ -155,13 +144,13 @@ def case_table(
         if out.denoised is None:
             lines.append(f"| {METHODS[method]} | {out.note} |")
             continue
-        t_before, t_after = truth(vol.clean, noisy, out.denoised, vol.mask)
+        t_before, t_after = true_noise_figures(vol.clean, noisy, out.denoised, vol.mask)
         t_red = reduction(t_before, t_after)
         row = f"| {METHODS[method]} | {t_before:.2f} | {t_after:.2f} | {100 * t_red:.0f} % |"
         for e, fn in estimators.items():
             e_before, e_after = fn(noisy, out.denoised, spacing=vol.spacing, modality=vol.modality)
             e_red = reduction(e_before, e_after)
-            rel = (e_red - t_red) / abs(t_red) if t_red else float("nan")
+            rel = relative_error(e_red, t_red)
             row += f" {e_before:.2f} / {e_after:.2f} | {100 * e_red:.0f} % | {100 * rel:+.0f} % |"
             log(f"{name} {method} {e}: est {100 * e_red:.0f} % vs true {100 * t_red:.0f} %")
         lines.append(row)

@@ -34,7 +34,7 @@ import numpy as np
 
 from bench import baselines, cases, noise
 from bench.methods import LEARNED, METHODS, Context, Outcome, load_tuned, log, run_method
-from bench.metrics import score
+from bench.metrics import reduction, relative_error, score, true_noise_figures
 from bench.report import fmt_spread, log_beside, machine_header, write_lines
 
 #: Training steps of learned methods per preset when neither --steps nor --budgets is given.
@@ -288,24 +288,23 @@ def reported_noise_row(noisy: np.ndarray, out: Outcome, vol) -> dict[str, float]
     """The noise figures a method reported against the truth in the evaluation mask (input units).
 
     True before: std of ``noisy - clean``; true after: RMS of ``denoised - clean``; reduction =
-    ``1 - after / before``. The method measured over its own foreground, the truth is over the case's mask
-    (CT body, MR brain); on the real CT cases the clean reference carries its own noise, which the truth
-    counts as error and the method as noise.
+    ``1 - after / before`` (:mod:`bench.metrics`). The method measured over its own foreground, the truth
+    is over the case's mask (CT body, MR brain); on the real CT cases the clean reference carries its own
+    noise, which the truth counts as error and the method as noise. A run that reported no "after"
+    (its estimate was not usable) gives NaN for it and for the reduction.
     """
-    mask = vol.mask.astype(bool)
-    true_before = float(np.std((noisy - vol.clean)[mask]))
-    true_after = float(np.sqrt(np.mean((out.denoised - vol.clean)[mask] ** 2)))
+    true_before, true_after = true_noise_figures(vol.clean, noisy, out.denoised, vol.mask.astype(bool))
     before, after = out.reported_noise
-    true_reduction = 1 - true_after / true_before
-    reduction = 1 - after / before if before > 0 else float("nan")
+    true_reduction = reduction(true_before, true_after)
+    reported_reduction = reduction(before, after)
     return {
         "before": before,
-        "after": after,
+        "after": float("nan") if after is None else after,
         "true_before": true_before,
         "true_after": true_after,
-        "reduction": 100 * reduction,
+        "reduction": 100 * reported_reduction,
         "true_reduction": 100 * true_reduction,
-        "relative_error": 100 * (reduction - true_reduction) / abs(true_reduction) if true_reduction else float("nan"),
+        "relative_error": 100 * relative_error(reported_reduction, true_reduction),
     }
 
 

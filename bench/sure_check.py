@@ -52,7 +52,7 @@ from scipy import ndimage
 
 from bench import baselines, cases
 from bench.methods import load_tuned, log, nlm_params
-from bench.noise_truth import reduction, truth
+from bench.metrics import reduction, relative_error, true_noise_figures
 from bench.report import log_beside, machine_header, write_lines
 from nsn2n.error_estimate import (
     DEFAULT_EPS,
@@ -184,7 +184,7 @@ DENOISERS: dict[str, tuple[str, DenoiserFactory]] = {
 
 
 def _estimate_cells(est: ErrorEstimate, t_red: float) -> tuple[str, float]:
-    rel = (est.reduction - t_red) / abs(t_red) if t_red else float("nan")
+    rel = relative_error(est.reduction, t_red)
     flag = " (clamped)" if est.clamped else ""
     return (
         f" {est.rmse_before:.2f} / {est.rmse_after:.2f}{flag} | {100 * est.reduction:.1f} % | {100 * rel:+.1f} % |",
@@ -236,7 +236,7 @@ def case_section(
         denoised = denoise(noisy, np.arange(noisy.shape[0]))
         log(f"{name} {key}: full volume in {time.time() - t0:.1f} s")
         for mask_name, mask in masks.items():
-            t_before, t_after = truth(vol.clean, noisy, denoised, mask)
+            t_before, t_after = true_noise_figures(vol.clean, noisy, denoised, mask)
             t_red = reduction(t_before, t_after)
             t0 = time.time()
             est = estimate_error(denoise, noisy, model, mask, probes=probes, eps=eps)

@@ -270,17 +270,37 @@ def test_merge_tables_puts_rows_of_separate_runs_into_one_table_per_volume(tmp_p
 
 
 def test_noise_truth_reduction_and_estimator_plugins():
-    from bench.noise_truth import ESTIMATORS, reduction, resolve_estimator, truth
+    from bench.metrics import reduction, true_noise_figures
+    from bench.noise_truth import ESTIMATORS, resolve_estimator
 
     clean = np.zeros((2, 8, 8))
     noise_field = np.where(np.indices(clean.shape).sum(0) % 2 == 0, 3.0, -3.0)
-    before, after = truth(clean, clean + noise_field, clean + noise_field / 3, np.ones(clean.shape, bool))
+    before, after = true_noise_figures(clean, clean + noise_field, clean + noise_field / 3, np.ones(clean.shape, bool))
     assert before == pytest.approx(3.0) and after == pytest.approx(1.0)
     assert reduction(before, after) == pytest.approx(2 / 3)
     assert resolve_estimator("paired-slice") is ESTIMATORS["paired-slice"]
     assert resolve_estimator("bench.noise_truth:flat_roi_estimator") is ESTIMATORS["flat-roi"]
     with pytest.raises(KeyError):
         resolve_estimator("nope")
+
+
+def test_reported_noise_rows_compare_with_the_truth_and_survive_a_missing_after():
+    from types import SimpleNamespace
+
+    from bench.methods import Outcome
+    from bench.quality import reported_noise_row
+
+    clean = np.zeros((2, 8, 8))
+    noise_field = np.where(np.indices(clean.shape).sum(0) % 2 == 0, 3.0, -3.0)
+    vol = SimpleNamespace(clean=clean, mask=np.ones(clean.shape, bool))
+    denoised = clean + noise_field / 3  # true reduction 2/3
+    row = reported_noise_row(clean + noise_field, Outcome(denoised, 1.0, "cpu", "", (3.0, 1.5)), vol)
+    assert row["true_reduction"] == pytest.approx(100 * 2 / 3) and row["reduction"] == pytest.approx(50.0)
+    assert row["relative_error"] == pytest.approx(100 * (0.5 - 2 / 3) / (2 / 3))
+    # A run whose "after" was not usable (reported as None) leaves NaN in its cells, not a crash.
+    row = reported_noise_row(clean + noise_field, Outcome(denoised, 1.0, "cpu", "", (3.0, None)), vol)
+    assert np.isnan(row["after"]) and np.isnan(row["reduction"]) and np.isnan(row["relative_error"])
+    assert row["true_after"] == pytest.approx(1.0)
 
 
 def test_edges_removed_control_keeps_the_noise_and_removes_the_high_pass():
