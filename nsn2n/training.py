@@ -67,6 +67,7 @@ __all__ = [
     "foreground_crop_origin",
     "foreground_mask",
     "nsn2n_step",
+    "random_turn",
     "recorrupted_step",
     "train_network",
 ]
@@ -142,11 +143,7 @@ class PairSampler:
             i = int(self.rng.integers(0, self.n_items))
             y, x = self._crop_origin(i)
             a, b, weight, valid = self.pair(i, (slice(y, y + ch), slice(x, x + cw)))
-            stack = torch.stack([a, b, weight.to(a.dtype), valid.to(a.dtype)])
-            stack = torch.rot90(stack, int(self.rng.integers(0, 4)), dims=(1, 2))
-            if self.rng.integers(0, 2):
-                stack = stack.flip(2)
-            items.append(stack)
+            items.append(random_turn(torch.stack([a, b, weight.to(a.dtype), valid.to(a.dtype)]), self.rng))
         batch = torch.stack(items)  # (B, 4, c, c)
         return Batch(batch[:, 0:1], batch[:, 1:2], batch[:, 2:3] > 0.5, batch[:, 3:4] > 0.5)
 
@@ -255,16 +252,17 @@ class RecorruptedSampler:
         return augmented_batch(items, self.context, self.rng)
 
 
+def random_turn(stack: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """``(C, s, s)`` crops of one item turned by a random rot90 and, at random, flipped: the same for all
+    its channels (the augmentation of every sampler)."""
+    stack = torch.rot90(stack, int(rng.integers(0, 4)), dims=(1, 2))
+    return stack.flip(2) if rng.integers(0, 2) else stack
+
+
 def augmented_batch(items: list[torch.Tensor], context: int, rng: np.random.Generator) -> RecorruptedBatch:
     """A :class:`RecorruptedBatch` of per-item stacks ``(2 context + 1 inputs, target, valid)``, each item
     turned by one random rot90 and flip (the same for all its channels)."""
-    turned = []
-    for stack in items:
-        stack = torch.rot90(stack, int(rng.integers(0, 4)), dims=(1, 2))
-        if rng.integers(0, 2):
-            stack = stack.flip(2)
-        turned.append(stack)
-    batch = torch.stack(turned)
+    batch = torch.stack([random_turn(stack, rng) for stack in items])
     n = 2 * context + 1
     return RecorruptedBatch(batch[:, :n], batch[:, n : n + 1], batch[:, n + 1 : n + 2] > 0.5)
 
