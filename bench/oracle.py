@@ -114,7 +114,7 @@ def fit_supervised_oracle(
     seed_torch(config)
     valid, normalizer, normalised = prepare_volume(noisy, None, modality)
     clean_norm = normalizer.normalize(clean)
-    context = config.context_slices if config.formulation == "recorrupted" else 0
+    context = config.input_context
     network = ResidualUNet(config.unet_width, config.unet_depth, in_channels=2 * context + 1).to(device)
     t = time.monotonic()
     sampler = SupervisedContextSampler(

@@ -497,8 +497,7 @@ def _train(
         )
     else:
         formulation = config.formulation
-        in_channels = 2 * config.context_slices + 1 if formulation == "recorrupted" else 1
-        network = ResidualUNet(config.unet_width, config.unet_depth, in_channels).to(run.device)
+        network = ResidualUNet(config.unet_width, config.unet_depth, 2 * config.input_context + 1).to(run.device)
         steps = config.max_steps
     network = network.to(memory_format=torch.channels_last)
     t = time.monotonic()

@@ -207,6 +207,12 @@ class DenoiseConfig:
         return 0.9 if modality.upper() == "CT" else 1.0
 
     @property
+    def input_context(self) -> int:
+        """Neighbouring slices on either side that a network trained with this configuration reads:
+        :attr:`context_slices` for the ``"recorrupted"`` formulation, 0 for the paper's single-slice one."""
+        return self.context_slices if self.formulation == "recorrupted" else 0
+
+    @property
     def cpu_threads(self) -> int:
         """Torch CPU threads to use: ``num_threads``, or the cores this process may run on."""
         return self.num_threads or usable_cpu_count()

@@ -257,3 +257,9 @@ def test_the_default_sigma_scale_depends_on_the_modality():
     assert DenoiseConfig(recorruption_sigma_scale=0.7).sigma_scale_for("MR") == 0.7
     with pytest.raises(ValueError, match="recorruption_sigma_scale"):
         DenoiseConfig(recorruption_sigma_scale=0.0)
+
+
+def test_the_configured_network_reads_its_context_only_in_the_recorrupted_formulation():
+    assert DenoiseConfig().input_context == 1
+    assert DenoiseConfig(context_slices=2).input_context == 2
+    assert DenoiseConfig(formulation="paper", context_slices=2).input_context == 0
