@@ -568,19 +568,18 @@ def _infer(
     t = time.monotonic()
     out_norm = infer_slices(network, run.normalised, run.device, config, run.should_stop)
     kept: dict[int, np.ndarray] = {}
-    if config.residual_clip_k is not None or config.residual_clip_unmatched_k is not None:
-        limits = residual_limits(
-            run.normalised,
-            maps.weights,
-            k_matched=config.residual_clip_k,
-            k_unmatched=config.residual_clip_unmatched_k,
-            valid=run.valid,
-            default_sigma=maps.pixel_sigma,
-        )
-        for z, limit in enumerate(limits):
-            out_norm[z] = clip_change(run.normalised[z], out_norm[z], limit)
-            if z in keep:
-                kept[z] = limit
+    limits = residual_limits(
+        run.normalised,
+        maps.weights,
+        k_matched=config.residual_clip_k,
+        k_unmatched=config.residual_clip_unmatched_k,
+        valid=run.valid,
+        default_sigma=maps.pixel_sigma,
+    )
+    for z, limit in enumerate(limits):
+        out_norm[z] = clip_change(run.normalised[z], out_norm[z], limit)
+        if z in keep:
+            kept[z] = limit
     denoised = to_input_units(run.normalizer, out_norm, run.volume, run.valid, run.modality)
     return denoised, kept, time.monotonic() - t
 

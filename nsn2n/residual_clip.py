@@ -136,8 +136,6 @@ def clip_residual_per_pixel(
     leaves that class unclipped. ``default_sigma`` is the noise sigma used when no pixel is matched.
     Returns ``denoised`` (modified).
     """
-    if k_matched is None and k_unmatched is None:
-        return denoised
     limits = residual_limits(
         noisy, weights, k_matched=k_matched, k_unmatched=k_unmatched, valid=valid, default_sigma=default_sigma
     )
@@ -160,7 +158,10 @@ def residual_limits(
     valid: np.ndarray | None = None,
     default_sigma: float = float("nan"),
 ) -> Iterator[np.ndarray]:
-    """Per slice, the (H, W) float32 limit of the clip (``inf`` where that class is unclipped)."""
+    """Per slice, the (H, W) float32 limit of the clip (``inf`` where that class is unclipped); nothing at
+    all (and no noise map computed) when neither class is clipped."""
+    if k_matched is None and k_unmatched is None:
+        return
     weights = _as_numpy(weights)  # once: a (D-1, H, W) map may live on the GPU
     count = matched_neighbours(weights)
     k_both = np.float32(np.inf if k_matched is None else k_matched)

@@ -278,3 +278,19 @@ def test_an_error_estimate_below_what_the_change_allows_is_not_reported():
 def test_the_noise_log_line_says_lower_higher_or_unchanged(reduction, phrase):
     # A run whose noise rose a little must not log "-0% lower".
     assert api._change_phrase(reduction) == phrase
+
+
+def test_the_residual_clip_has_no_limits_when_off_and_bounds_every_change_when_on():
+    from nsn2n.residual_clip import clip_residual_per_pixel, residual_limits
+
+    noisy = np.random.default_rng(0).standard_normal((4, 32, 32)).astype(np.float32)
+    weights = np.ones((3, 32, 32), bool)  # every pixel matches both neighbours
+    assert list(residual_limits(noisy, weights, k_matched=None, k_unmatched=None)) == []
+    zeros = np.zeros_like(noisy)
+    unclipped = clip_residual_per_pixel(noisy, zeros.copy(), weights, k_matched=None, k_unmatched=None)
+    assert np.array_equal(unclipped, zeros)
+    limits = np.stack(list(residual_limits(noisy, weights, k_matched=1.0, k_unmatched=None)))
+    assert limits.shape == noisy.shape and np.isfinite(limits).all() and (limits > 0).all()
+    clipped = clip_residual_per_pixel(noisy, zeros.copy(), weights, k_matched=1.0, k_unmatched=None)
+    assert np.all(np.abs(noisy - clipped) <= limits + 1e-6)
+    assert np.isclose(np.abs(noisy - clipped), limits).mean() > 0.1  # it bound: a unit-noise change vs about 1 sigma
