@@ -103,21 +103,30 @@ def _white_model(shape, sigma: float) -> NoiseModel:
     return NoiseModel(blocks, kernel, shape, 0.0, "test")
 
 
+def _white_sampler(
+    volume: torch.Tensor, sigma: float, *, context: int = 1, alpha: float = 0.5, sigma_scale: float = 1.0, seed: int
+) -> RecorruptedSampler:
+    """A sampler of ``volume`` (no padding, 32 px crops) drawing white synthetic noise of level ``sigma``."""
+    shape = tuple(volume.shape)
+    return RecorruptedSampler(
+        volume,
+        torch.ones(shape, dtype=torch.bool),
+        _white_model(shape, sigma),
+        context_slices=context,
+        alpha=alpha,
+        sigma_scale=sigma_scale,
+        crop_size=32,
+        fill=0.0,
+        seed=seed,
+    )
+
+
 def test_recorrupted_input_and_target_noises_are_uncorrelated():
     shape, sigma, alpha = (6, 48, 48), 0.05, 0.5
     clean = 1.0  # flat anatomy: every deviation from 1 is noise
     real = sigma * np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     volume = torch.from_numpy(clean + real)
-    sampler = RecorruptedSampler(
-        volume,
-        torch.ones(shape, dtype=torch.bool),
-        _white_model(shape, sigma),
-        context_slices=1,
-        alpha=alpha,
-        crop_size=32,
-        fill=0.0,
-        seed=0,
-    )
+    sampler = _white_sampler(volume, sigma, alpha=alpha, seed=0)
     inputs, targets = [], []
     for _ in range(40):
         batch = sampler.sample(8)
@@ -135,16 +144,7 @@ def test_recorrupted_input_and_target_noises_are_uncorrelated():
 def test_context_channels_are_the_untouched_neighbours():
     shape = (5, 32, 32)
     volume = torch.arange(5, dtype=torch.float32)[:, None, None].expand(shape) + 1.0  # slice i holds i + 1
-    sampler = RecorruptedSampler(
-        volume.contiguous(),
-        torch.ones(shape, dtype=torch.bool),
-        _white_model(shape, 0.01),
-        context_slices=2,
-        alpha=0.5,
-        crop_size=32,
-        fill=0.0,
-        seed=1,
-    )
+    sampler = _white_sampler(volume.contiguous(), 0.01, context=2, seed=1)
     batch = sampler.sample(16)
     centre = batch.inputs[:, 2].mean(dim=(1, 2)).round()  # the recorrupted slice, noise averages out
     for item in range(16):
@@ -233,17 +233,7 @@ def test_the_sigma_scale_sets_the_level_of_the_synthetic_noise():
     volume = torch.ones(shape)  # noise-free: input minus target is (alpha + 1 / alpha) z
 
     def spread(scale: float) -> float:
-        sampler = RecorruptedSampler(
-            volume,
-            torch.ones(shape, dtype=torch.bool),
-            _white_model(shape, sigma),
-            context_slices=1,
-            alpha=alpha,
-            sigma_scale=scale,
-            crop_size=32,
-            fill=0.0,
-            seed=2,
-        )
+        sampler = _white_sampler(volume, sigma, alpha=alpha, sigma_scale=scale, seed=2)
         batch = sampler.sample(32)
         return float((batch.inputs[:, 1:2] - batch.target).std()) / (alpha + 1 / alpha)
 
