@@ -86,10 +86,10 @@ def product_noise_model(noisy: np.ndarray, modality: str) -> tuple[NoiseModel, n
     cfg = nsn2n.DenoiseConfig(device="cpu")
     volume_t, valid_t = torch.from_numpy(normalised), torch.from_numpy(valid)
     maps = api.configured_weight_maps(volume_t, valid_t, cfg)
-    model = api.measure_noise_model(volume_t, valid_t, maps, cfg)
+    foreground = foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill)).numpy()
+    model = api.measure_noise_model(volume_t, valid_t, maps, cfg, foreground)
     # The normalisation is affine, so the level in the volume's units is the normalised level times the scale.
     model = dataclasses.replace(model, sigma_blocks=model.sigma_blocks * np.float32(normalizer.scale))
-    foreground = foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill)).numpy()
     return model, foreground
 
 

@@ -430,9 +430,14 @@ def _start(
 
 
 def measure_noise_model(
-    normalised_t: torch.Tensor, valid_t: torch.Tensor, maps: WeightMaps, config: DenoiseConfig
+    normalised_t: torch.Tensor,
+    valid_t: torch.Tensor,
+    maps: WeightMaps,
+    config: DenoiseConfig,
+    foreground: np.ndarray | None = None,
 ) -> NoiseModel:
-    """The noise model of a normalised volume (:mod:`nsn2n.noise_model`), with the configured weight maps."""
+    """The noise model of a normalised volume (:mod:`nsn2n.noise_model`), with the configured weight maps;
+    its level measured on ``foreground`` ((D, H, W) bool, the run's foreground; ``None`` = all pixels)."""
 
     def match(sub: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         sub_valid = torch.ones_like(sub, dtype=torch.bool) if valid is None else valid
@@ -440,7 +445,12 @@ def measure_noise_model(
 
     outer = outer_pair_weights(normalised_t, valid_t, match)
     return estimate_noise_model(
-        normalised_t.cpu().numpy(), maps.weights, outer, valid_t.cpu().numpy(), default_sigma=maps.pixel_sigma
+        normalised_t.cpu().numpy(),
+        maps.weights,
+        outer,
+        valid_t.cpu().numpy(),
+        foreground=foreground,
+        default_sigma=maps.pixel_sigma,
     )
 
 
@@ -448,7 +458,7 @@ def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, Noi
     """Weight maps, the noise model and its summary for the report; ``(maps, model, summary, seconds)``."""
     t = time.monotonic()
     maps = configured_weight_maps(run.volume_t, run.valid_t, config)
-    noise_model = measure_noise_model(run.volume_t, run.valid_t, maps, config)
+    noise_model = measure_noise_model(run.volume_t, run.valid_t, maps, config, run.foreground)
     stats = NoiseModelStats(
         level=noise_model.level(run.foreground) * run.normalizer.scale,
         lag1_correlation=noise_model.lag1_correlation,

@@ -24,6 +24,14 @@ and its neighbour misses), which would count as noise. So:
 Where the outer pairs match too few pixels (volumes of fewer than 4 slices, very thick slices), the
 pair's own weight map is used for both and the report says so.
 
+The level is measured on the **foreground** (pixels that differ from the padding / background fill,
+both ends of the pair), when one is given. The background's noise is not the tissue's: MR magnitude
+noise in air is Rayleigh-distributed with 0.66 times the standard deviation it has in tissue, and CT air
+outside the body is quieter than the body. Background pixels also match perfectly between slices, so
+they dominate any block near the body's edge: with them, the level of the MNI brain read 11 % low
+(bench/README.md, 2026-11-30). Blocks without foreground support take the smoothed level of their
+foreground neighbours or, far from any, the volume-wide foreground level.
+
 * Level: ``sigma`` per ``BLOCK_PX`` x ``BLOCK_PX`` block as above, from the block's pixels in the slice's
   two pairs, smoothed over ``SMOOTH_BLOCKS`` blocks (weighted by the number of qualifying pixels).
 * Correlation: the autocorrelation of ``d / sigma`` for lags up to ``MAX_LAG`` pixels over qualifying
@@ -295,6 +303,7 @@ def estimate_noise_model(
     outer_weights: torch.Tensor,
     valid: np.ndarray | None = None,
     *,
+    foreground: np.ndarray | None = None,
     default_sigma: float = float("nan"),
 ) -> NoiseModel:
     """Measure the noise model of ``volume`` (D, H, W) (see the module docstring).
@@ -304,17 +313,20 @@ def estimate_noise_model(
         adjacent_weights: (D-1, H, W) bool weight maps of neighbouring pairs (the fallback).
         outer_weights: (D-1, H, W) bool, from :func:`outer_pair_weights`.
         valid: (D, H, W) bool, False for padding.
+        foreground: (D, H, W) bool pixels the level is measured on (both ends of a pair); ``None`` = all.
         default_sigma: the level when no pixel qualifies at all.
     """
     outer = outer_weights.cpu().numpy()
     adjacent = adjacent_weights.cpu().numpy()
     usable = outer if valid is None else outer & valid[:-1] & valid[1:]
+    level_pixels = np.ones_like(outer) if foreground is None else foreground[:-1] & foreground[1:]
     if usable.mean() >= _MIN_OUTER_FRACTION:
-        blocks = block_sigma(volume, [outer & adjacent, outer], valid, default=default_sigma)
+        level_masks = [outer & adjacent & level_pixels, outer & level_pixels]
         masks, source = outer, "outer pairs"
     else:
-        blocks = block_sigma(volume, [adjacent], valid, default=default_sigma)
+        level_masks = [adjacent & level_pixels]
         masks, source = adjacent, "neighbouring pairs"
+    blocks = block_sigma(volume, level_masks, valid, default=default_sigma)
     autocorrelation = _autocorrelation(volume, masks, valid, blocks)
     return NoiseModel(
         sigma_blocks=blocks,

@@ -1,7 +1,8 @@
 """The recorrupted formulation and the noise model it draws from: known answers on tiny volumes (CPU, seconds).
 
 * The noise model measures a known level, its left/right change and a known in-plane correlation; its
-  shaping kernel reproduces the short-lag correlation exactly.
+  level in the foreground ignores a quieter background; its shaping kernel reproduces the short-lag
+  correlation exactly.
 * Its samples have the level and correlation asked for.
 * Recorrupted pairs: the input's and the target's noise are uncorrelated when the synthetic noise matches
   the real one (the property that makes the target unbiased), with variances (1 + alpha^2) and
@@ -23,7 +24,13 @@ from nsn2n import DenoiseConfig, TrainedModel, api
 from nsn2n.inference import context_stack, denoise_slices
 from nsn2n.intensity import IntensityNormalizer
 from nsn2n.noise_model import MAX_LAG, NoiseModel, correlation_kernel, outer_pair_weights
-from nsn2n.training import RecorruptedBatch, RecorruptedSampler, context_indices, recorrupted_step
+from nsn2n.training import (
+    RecorruptedBatch,
+    RecorruptedSampler,
+    context_indices,
+    foreground_mask,
+    recorrupted_step,
+)
 from nsn2n.unet import ResidualUNet
 
 CONFIG = DenoiseConfig(device="cpu", num_threads=1)
@@ -65,6 +72,25 @@ def test_the_noise_level_follows_a_change_across_the_slice():
     sigma = model.sigma_map(6)
     assert np.median(sigma[:, :48]) == pytest.approx(0.02, rel=0.15)
     assert np.median(sigma[:, 80:]) == pytest.approx(0.08, rel=0.15)
+
+
+def test_the_noise_level_of_the_foreground_is_not_pulled_down_by_the_quieter_background():
+    # Tissue (left half, noise 0.05) beside background at the fill value with quieter noise (0.02), as MR
+    # air (Rayleigh noise) or CT air beside the body: the background matches perfectly between slices and
+    # would outweigh the tissue in every block near the edge.
+    shape = (12, 96, 96)
+    rng = np.random.default_rng(3)
+    tissue = np.broadcast_to(np.arange(shape[2]) < 48, shape)
+    volume = np.where(tissue, 1.0 + 0.05 * rng.standard_normal(shape), 0.02 * rng.standard_normal(shape))
+    volume_t = torch.from_numpy(volume.astype(np.float32))
+    valid_t = torch.ones_like(volume_t, dtype=torch.bool)
+    foreground = foreground_mask(volume_t, valid_t, 0.0).numpy()
+    assert np.array_equal(foreground, tissue)
+    maps = api.configured_weight_maps(volume_t, valid_t, CONFIG)
+    measured = api.measure_noise_model(volume_t, valid_t, maps, CONFIG, foreground)
+    assert measured.level(foreground) == pytest.approx(0.05, rel=0.04)
+    every_pixel = api.measure_noise_model(volume_t, valid_t, maps, CONFIG)
+    assert every_pixel.level(foreground) < 0.045  # what the level read before it was kept to the foreground
 
 
 def _kernel_autocorrelation(kernel: np.ndarray, lag: int) -> float:
