@@ -160,6 +160,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="nsn2n.DenoiseConfig override for NS-N2N, no-mask and oracle (repeatable), e.g. --set unet_width=16",
     )
+    p.add_argument(
+        "--reference",
+        default="as-is",
+        choices=cases.REFERENCES,
+        help="as-is (default) or precleaned: CT references denoised first, so that the truth of the "
+        "noise-figure rows has no noise of its own (bench.cases)",
+    )
     p.add_argument("--seeds", type=int, default=None, help="use the first N seeds of the split (default: all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for learned methods")
     p.add_argument(
@@ -242,7 +249,8 @@ def run_case(
             )
             plan_note = plan_note if any(m in LEARNED for m in methods) else ""
             header = case_notes(c, vol, noisy, sigma_hat, plan_note)
-        tag = f"{name}-{split}-{store.preset}-s{seed}"
+        ref = "" if store.reference == "as-is" else f"-{store.reference}"
+        tag = f"{name}-{split}-{store.preset}{ref}-s{seed}"
         for key in plan:
             method, n_steps, budget = key
             label = labels[key]
@@ -389,10 +397,15 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
         f"- nsn2n {nsn2n.__version__} (sources sha256 {nsn2n_source_digest()}); DenoiseConfig overrides "
         f"besides the steps/budget: {changed}",
         f"- baseline parameters: bench/tuned.json {load_tuned() or '(not tuned yet: dataclass defaults)'}",
+        *(
+            [f"- reference: {args.reference} (CT references denoised before the noise is injected; bench.cases)"]
+            if args.reference != "as-is"
+            else []
+        ),
         "",
     ]
     print("\n".join(lines), flush=True)
-    store = cases.CaseStore(preset, args.workers)
+    store = cases.CaseStore(preset, args.workers, reference=args.reference)
     for name in args.case_names:
         section, _ = run_case(
             args.split,

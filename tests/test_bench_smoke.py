@@ -324,3 +324,23 @@ def test_tuning_probe_variants_parse_into_config_overrides():
     }
     with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
         parse_variant("formulation")
+
+
+def test_a_precleaned_reference_keeps_the_anatomy_and_loses_its_own_noise():
+    from bench import cases
+    from bench.data import Volume
+
+    rng = np.random.default_rng(0)
+    clean = np.repeat(_phantom(96, 1), 6, axis=0) + 25.0 * rng.standard_normal((6, 96, 96)).astype(np.float32)
+    ct = Volume("ct", clean, (1.0, 1.0, 1.0), "CT", body_mask_ct(clean), description="phantom")
+    own = cases.reference_own_noise(ct)
+    assert 15.0 < own < 35.0  # the phantom's flat water carries the 25 HU we put there
+    cleaned = cases.preclean_reference(ct)
+    assert cases.reference_own_noise(cleaned) < 0.4 * own
+    assert np.array_equal(cleaned.mask, ct.mask) and "pre-cleaned" in cleaned.description
+    water = ndimage.binary_erosion(_phantom(96, 1)[0] == 0.0, iterations=4)
+    assert abs(float(cleaned.clean[:, water].mean())) < 5.0  # the anatomy's values stay where they were
+    mr = Volume("mr", clean, (1.0, 1.0, 1.0), "MR", ct.mask, ref_scale=1.0, description="template")
+    assert cases.preclean_reference(mr) is mr  # the MR template is noise-free already
+    with pytest.raises(KeyError, match="precleaned"):
+        cases.CaseStore(reference="denoised")
