@@ -276,7 +276,8 @@ def run_case(
                 {**metrics, "seconds": out.seconds, "device": out.device, "seed": seed, "note": out.note}
             )
             if out.reported_noise is not None:
-                reported.setdefault(label, []).append(reported_noise_row(noisy, out, vol))
+                described = described_pixels(noisy, vol.modality)
+                reported.setdefault(label, []).append(reported_noise_row(noisy, out, vol, described))
             if budget is not None and out.note:
                 notes[label] = (notes.get(label, "") + ("; " if label in notes else "") + out.note).strip("; ")
             log(
@@ -292,31 +293,61 @@ def run_case(
     return section, rows
 
 
-def reported_noise_row(noisy: np.ndarray, out: Outcome, vol) -> dict[str, float]:
-    """The noise figures a method reported against the truth in the evaluation mask (input units).
+def described_pixels(noisy: np.ndarray, modality: str) -> np.ndarray:
+    """(D, H, W) bool: the pixels NS-N2N's noise figures describe, recomputed from the noisy volume as the
+    run computes them: its foreground (:func:`nsn2n.training.foreground_mask`) on the evaluated slices
+    (:func:`nsn2n.error_estimate.evaluation_slices`)."""
+    import torch
+
+    from nsn2n import api
+    from nsn2n.error_estimate import evaluation_slices
+    from nsn2n.training import foreground_mask
+
+    valid, normalizer, normalised = api.prepare_volume(noisy, None, modality.upper(), None)
+    foreground = foreground_mask(
+        torch.from_numpy(normalised), torch.from_numpy(valid), float(normalizer.normalised_fill)
+    ).numpy()
+    out = np.zeros_like(foreground)
+    slices = evaluation_slices(foreground, foreground.shape[0])
+    out[slices] = foreground[slices]
+    return out
+
+
+def reported_noise_row(
+    noisy: np.ndarray, out: Outcome, vol, described: np.ndarray | None = None
+) -> dict[str, dict[str, float]]:
+    """The noise figures a method reported against the truth (input units), per pixel set.
 
     True before: std of ``noisy - clean``; true after: RMS of ``denoised - clean``; reduction =
-    ``1 - after / before`` (:mod:`bench.metrics`). The method measured over its own foreground, the truth
-    is over the case's mask (CT body, MR brain); on the real CT cases the clean reference carries its own
-    noise, which the truth counts as error and the method as noise. A run that reported no "after"
-    (its estimate was not usable) gives NaN for it and for the reduction.
+    ``1 - after / before`` (:mod:`bench.metrics`). Two pixel sets: ``"evaluation mask"`` (the case's CT
+    body / MR brain, what the quality columns score) and, when ``described`` is given, ``"pixels it
+    describes"`` (:func:`described_pixels`: the same pixels as the reported figures, so the difference is
+    the estimator's error alone). On the real CT cases the clean reference carries its own noise, which
+    the truth counts as error and the method as noise (``--reference precleaned`` removes it). A run that
+    reported no "after" (its estimate was not usable) gives NaN for it and for the reduction.
     """
-    true_before, true_after = true_noise_figures(vol.clean, noisy, out.denoised, vol.mask.astype(bool))
     before, after = out.reported_noise
-    true_reduction = reduction(true_before, true_after)
     reported_reduction = reduction(before, after)
-    return {
-        "before": before,
-        "after": float("nan") if after is None else after,
-        "true_before": true_before,
-        "true_after": true_after,
-        "reduction": 100 * reported_reduction,
-        "true_reduction": 100 * true_reduction,
-        "relative_error": 100 * relative_error(reported_reduction, true_reduction),
-    }
+    masks = {"evaluation mask": vol.mask.astype(bool)}
+    if described is not None:
+        masks["pixels it describes"] = described
+    rows = {}
+    for name, mask in masks.items():
+        true_before, true_after = true_noise_figures(vol.clean, noisy, out.denoised, mask)
+        true_reduction = reduction(true_before, true_after)
+        rows[name] = {
+            "before": before,
+            "after": float("nan") if after is None else after,
+            "true_before": true_before,
+            "true_after": true_after,
+            "reduction": 100 * reported_reduction,
+            "true_reduction": 100 * true_reduction,
+            "relative_error": 100 * relative_error(reported_reduction, true_reduction),
+        }
+    return rows
 
 
-def format_reported_noise(reported: dict[str, list[dict[str, float]]]) -> list[str]:
+def format_reported_noise(reported: dict[str, list[dict[str, dict[str, float]]]]) -> list[str]:
     """A table of the noise figures each method reported, against the truth (see :func:`reported_noise_row`)."""
     if not reported:
         return []
@@ -331,14 +362,16 @@ def format_reported_noise(reported: dict[str, list[dict[str, float]]]) -> list[s
     ]
     lines = [
         "Noise figures the method reported (its run report: noise-model level before, SURE after, over its "
-        "foreground) against the truth in the evaluation mask:",
+        "foreground on up to 16 evenly spaced slices) against the truth, in the evaluation mask and over the "
+        "pixels the figures describe:",
         "",
-        "| method | " + " | ".join(title for _, title in keys) + " |",
-        "|---|" + "---:|" * len(keys),
+        "| method | truth over | " + " | ".join(title for _, title in keys) + " |",
+        "|---|---|" + "---:|" * len(keys),
     ]
     for label, items in reported.items():
-        cells = [_fmt([item[key] for item in items], 1) for key, _ in keys]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for pixels in items[0]:
+            cells = [_fmt([item[pixels][key] for item in items], 1) for key, _ in keys]
+            lines.append(f"| {label} | {pixels} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 

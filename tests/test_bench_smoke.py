@@ -294,11 +294,21 @@ def test_reported_noise_rows_compare_with_the_truth_and_survive_a_missing_after(
     noise_field = np.where(np.indices(clean.shape).sum(0) % 2 == 0, 3.0, -3.0)
     vol = SimpleNamespace(clean=clean, mask=np.ones(clean.shape, bool))
     denoised = clean + noise_field / 3  # true reduction 2/3
-    row = reported_noise_row(clean + noise_field, Outcome(denoised, 1.0, "cpu", "", (3.0, 1.5)), vol)
+    rows = reported_noise_row(clean + noise_field, Outcome(denoised, 1.0, "cpu", "", (3.0, 1.5)), vol)
+    row = rows["evaluation mask"]
     assert row["true_reduction"] == pytest.approx(100 * 2 / 3) and row["reduction"] == pytest.approx(50.0)
     assert row["relative_error"] == pytest.approx(100 * (0.5 - 2 / 3) / (2 / 3))
+    # Over the pixels the figures describe: here a half where the denoiser removed nothing.
+    described = np.zeros(clean.shape, bool)
+    described[:, :, :4] = True
+    untouched = np.where(described, clean + noise_field, denoised)
+    rows = reported_noise_row(clean + noise_field, Outcome(untouched, 1.0, "cpu", "", (3.0, 1.5)), vol, described)
+    assert rows["pixels it describes"]["true_reduction"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["evaluation mask"]["true_reduction"] > 10.0
     # A run whose "after" was not usable (reported as None) leaves NaN in its cells, not a crash.
-    row = reported_noise_row(clean + noise_field, Outcome(denoised, 1.0, "cpu", "", (3.0, None)), vol)
+    row = reported_noise_row(clean + noise_field, Outcome(denoised, 1.0, "cpu", "", (3.0, None)), vol)[
+        "evaluation mask"
+    ]
     assert np.isnan(row["after"]) and np.isnan(row["reduction"]) and np.isnan(row["relative_error"])
     assert row["true_after"] == pytest.approx(1.0)
 
