@@ -39,7 +39,6 @@ the clean checks of the noise level; on MR, Rician noise has a signal-dependent 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import logging
 import sys
@@ -89,7 +88,7 @@ def product_noise_model(noisy: np.ndarray, modality: str) -> tuple[NoiseModel, n
     foreground = foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill)).numpy()
     model = api.measure_noise_model(volume_t, valid_t, maps, cfg, foreground)
     # The normalisation is affine, so the level in the volume's units is the normalised level times the scale.
-    model = dataclasses.replace(model, sigma_blocks=model.sigma_blocks * np.float32(normalizer.scale))
+    model = model.scaled(normalizer.scale)
     return model, foreground
 
 

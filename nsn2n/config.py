@@ -88,10 +88,9 @@ class DenoiseConfig:
             of it); with ``z`` stronger, the input's and the target's noise are anti-correlated and the
             network learns to remove more than the noise, i.e. to blur. ``None`` (default): 0.9 for CT,
             1.0 otherwise. On CT the measured level errs high (anatomy that changes between slices
-            leaks into their differences, most on thick slices), so the scale errs low; on MR magnitude
-            images it errs low already (in dark tissue and near the background Rician noise is weaker
-            than the Gaussian noise behind it), so it is used as measured. Both chosen on the
-            benchmark's tuning set.
+            leaks into their differences, most on thick slices), so the scale errs low; on MR the
+            level in tissue is measured within a few per cent, so it is used as measured. Both chosen
+            on the benchmark's tuning set.
 
     Loss of the ``"paper"`` formulation (see :mod:`nsn2n.losses`)
         lambda_rc: weight of the regional consistency loss (paper value 0.5).

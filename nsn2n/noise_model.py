@@ -24,13 +24,16 @@ and its neighbour misses), which would count as noise. So:
 Where the outer pairs match too few pixels (volumes of fewer than 4 slices, very thick slices), the
 pair's own weight map is used for both and the report says so.
 
-The level is measured on the **foreground** (pixels that differ from the padding / background fill,
-both ends of the pair), when one is given. The background's noise is not the tissue's: MR magnitude
-noise in air is Rayleigh-distributed with 0.66 times the standard deviation it has in tissue, and CT air
-outside the body is quieter than the body. Background pixels also match perfectly between slices, so
-they dominate any block near the body's edge: with them, the level of the MNI brain read 11 % low
-(bench/README.md, 2026-11-30). Blocks without foreground support take the smoothed level of their
-foreground neighbours or, far from any, the volume-wide foreground level.
+When a **foreground** is given (pixels that differ from the padding / background fill), the level is
+measured twice, as above: on pairs whose two pixels are both foreground, and on pairs whose two pixels
+are both background; a pixel takes the level of its own class. The background's noise is not the
+tissue's: MR magnitude noise in air is Rayleigh-distributed with 0.66 times the standard deviation it
+has in tissue, and CT air outside the body is quieter than the body. Background pixels also match
+perfectly between slices, so in a single level they outweigh the tissue in every block near the body's
+edge (the MNI brain's level read 11 % low), and a single level measured on the tissue alone puts too much
+synthetic noise into the background, which the network then denoised worse (bench/README.md,
+2026-11-30). Blocks without support in a class take the smoothed level of their neighbours of that
+class or, far from any, the class's volume-wide level.
 
 * Level: ``sigma`` per ``BLOCK_PX`` x ``BLOCK_PX`` block as above, from the block's pixels in the slice's
   two pairs, smoothed over ``SMOOTH_BLOCKS`` blocks (weighted by the number of qualifying pixels).
@@ -52,7 +55,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -261,11 +264,16 @@ class NoiseModel:
     """Local noise level and in-plane correlation of one volume (see the module docstring).
 
     Attributes:
-        sigma_blocks: (D, hb, wb) float32 noise sigma per ``BLOCK_PX`` block, in the volume's units.
+        sigma_blocks: (D, hb, wb) float32 noise sigma per ``BLOCK_PX`` block, in the volume's units: of
+            the foreground's pixels when ``foreground`` is set, else of every pixel.
         kernel: (k, k) float32 shaping kernel of unit energy (the noise's in-plane correlation).
         shape: (D, H, W) of the volume.
         lag1_correlation: the measured correlation of horizontally neighbouring pixels (0 = white noise).
         source: ``"outer pairs"`` or ``"neighbouring pairs"``: which weight maps chose the pixels.
+        foreground: (D, H, W) bool pixels that take ``sigma_blocks``; the others take
+            ``background_blocks``. ``None``: one level for every pixel.
+        background_blocks: (D, hb, wb) float32 noise sigma of the background's pixels (with
+            ``foreground``).
     """
 
     sigma_blocks: np.ndarray
@@ -273,10 +281,32 @@ class NoiseModel:
     shape: tuple[int, int, int]
     lag1_correlation: float
     source: str
+    foreground: np.ndarray | None = None
+    background_blocks: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if (self.foreground is None) != (self.background_blocks is None):
+            raise ValueError("NoiseModel: foreground and background_blocks go together (both or neither)")
+        if self.foreground is not None and tuple(self.foreground.shape) != tuple(self.shape):
+            raise ValueError(f"NoiseModel: foreground shape {self.foreground.shape} differs from {self.shape}")
+
+    def scaled(self, factor: float) -> NoiseModel:
+        """The same model with every level multiplied by ``factor`` (e.g. to the input's units)."""
+        background = None if self.background_blocks is None else self.background_blocks * np.float32(factor)
+        return replace(self, sigma_blocks=self.sigma_blocks * np.float32(factor), background_blocks=background)
+
+    def sigma_tensor(self, z: int, device: torch.device | str = "cpu", scale: float = 1.0) -> torch.Tensor:
+        """``(H, W)`` float32 local noise sigma of slice ``z`` times ``scale``, on ``device``."""
+        sigma = sigma_from_blocks(torch.from_numpy(self.sigma_blocks[z] * np.float32(scale)).to(device), self.shape[1:])
+        if self.foreground is None or self.background_blocks is None:
+            return sigma
+        background = torch.from_numpy(self.background_blocks[z] * np.float32(scale)).to(device)
+        inside = torch.from_numpy(self.foreground[z]).to(device)
+        return torch.where(inside, sigma, sigma_from_blocks(background, self.shape[1:]))
 
     def sigma_map(self, z: int) -> np.ndarray:
         """``(H, W)`` float32 local noise sigma of slice ``z``."""
-        return sigma_from_blocks(torch.from_numpy(self.sigma_blocks[z]), self.shape[1:]).numpy()
+        return self.sigma_tensor(z).numpy()
 
     def level(self, foreground: np.ndarray | None = None) -> float:
         """Root mean square of the local sigma over ``foreground`` (D, H, W) bool, or over the volume."""
@@ -313,20 +343,25 @@ def estimate_noise_model(
         adjacent_weights: (D-1, H, W) bool weight maps of neighbouring pairs (the fallback).
         outer_weights: (D-1, H, W) bool, from :func:`outer_pair_weights`.
         valid: (D, H, W) bool, False for padding.
-        foreground: (D, H, W) bool pixels the level is measured on (both ends of a pair); ``None`` = all.
+        foreground: (D, H, W) bool: its pixels and the others get a level each (module docstring);
+            ``None``: one level from every pixel.
         default_sigma: the level when no pixel qualifies at all.
     """
     outer = outer_weights.cpu().numpy()
     adjacent = adjacent_weights.cpu().numpy()
     usable = outer if valid is None else outer & valid[:-1] & valid[1:]
-    level_pixels = np.ones_like(outer) if foreground is None else foreground[:-1] & foreground[1:]
     if usable.mean() >= _MIN_OUTER_FRACTION:
-        level_masks = [outer & adjacent & level_pixels, outer & level_pixels]
-        masks, source = outer, "outer pairs"
+        level_masks, masks, source = [outer & adjacent, outer], outer, "outer pairs"
     else:
-        level_masks = [adjacent & level_pixels]
-        masks, source = adjacent, "neighbouring pairs"
-    blocks = block_sigma(volume, level_masks, valid, default=default_sigma)
+        level_masks, masks, source = [adjacent], adjacent, "neighbouring pairs"
+    background_blocks = None
+    if foreground is None:
+        blocks = block_sigma(volume, level_masks, valid, default=default_sigma)
+    else:
+        inside = foreground[:-1] & foreground[1:]
+        outside = ~foreground[:-1] & ~foreground[1:]
+        blocks = block_sigma(volume, [m & inside for m in level_masks], valid, default=default_sigma)
+        background_blocks = block_sigma(volume, [m & outside for m in level_masks], valid, default=default_sigma)
     autocorrelation = _autocorrelation(volume, masks, valid, blocks)
     return NoiseModel(
         sigma_blocks=blocks,
@@ -334,4 +369,6 @@ def estimate_noise_model(
         shape=tuple(int(n) for n in volume.shape),
         lag1_correlation=float(autocorrelation[MAX_LAG, MAX_LAG + 1]),
         source=source,
+        foreground=None if foreground is None else np.asarray(foreground, dtype=bool),
+        background_blocks=background_blocks,
     )

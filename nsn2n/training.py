@@ -50,7 +50,7 @@ import torch
 from .config import DenoiseConfig
 from .errors import ShouldStop, StopRequested
 from .losses import nsn2n_loss
-from .noise_model import NoiseModel, sigma_from_blocks
+from .noise_model import NoiseModel
 from .precision import autocast, channels_last
 from .progress import ProgressLog
 
@@ -225,21 +225,22 @@ class RecorruptedSampler:
         self.foreground = foreground_mask(volume, valid, fill)
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=volume.device).manual_seed(seed)
-        self.sigma_blocks = torch.from_numpy(noise_model.sigma_blocks * np.float32(sigma_scale)).to(volume.device)
+        self.sigma_scale = sigma_scale
 
     def _crop_origin(self, index: int) -> tuple[int, int]:
         return foreground_crop_origin(self.foreground[index], self.crop, self.rng)
 
     def sample(self, batch_size: int) -> RecorruptedBatch:
         """``batch_size`` items, each with one random rot90 and flip on all its crops."""
-        depth, h, w = self.volume.shape
+        depth = self.volume.shape[0]
         side = self.crop[0]
         picks = []
         for _ in range(batch_size):
             i = int(self.rng.integers(0, depth))
             y, x = self._crop_origin(i)
             picks.append((i, slice(y, y + side), slice(x, x + side)))
-        sigma = torch.stack([sigma_from_blocks(self.sigma_blocks[i], (h, w))[ys, xs] for i, ys, xs in picks])
+        device = self.volume.device
+        sigma = torch.stack([self.noise_model.sigma_tensor(i, device, self.sigma_scale)[ys, xs] for i, ys, xs in picks])
         noise = self.noise_model.sample(sigma, self.generator)
         items = []
         for (i, ys, xs), z in zip(picks, noise, strict=True):
