@@ -301,12 +301,12 @@ def described_pixels(noisy: np.ndarray, modality: str) -> np.ndarray:
 
     from nsn2n import api
     from nsn2n.error_estimate import evaluation_slices
-    from nsn2n.training import foreground_mask
+    from nsn2n.training import foreground_floor, foreground_mask
 
     valid, normalizer, normalised = api.prepare_volume(noisy, None, modality.upper(), None)
-    foreground = foreground_mask(
-        torch.from_numpy(normalised), torch.from_numpy(valid), float(normalizer.normalised_fill)
-    ).numpy()
+    volume_t, valid_t = torch.from_numpy(normalised), torch.from_numpy(valid)
+    floor = foreground_floor(volume_t, valid_t, modality.upper())
+    foreground = foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill), floor).numpy()
     out = np.zeros_like(foreground)
     slices = evaluation_slices(foreground, foreground.shape[0])
     out[slices] = foreground[slices]

@@ -41,6 +41,7 @@ from .training import (
     PairSampler,
     RecorruptedSampler,
     TrainingStats,
+    foreground_floor,
     foreground_mask,
     nsn2n_step,
     recorrupted_step,
@@ -421,7 +422,11 @@ def _start(
         normalised=normalised,
         volume_t=volume_t,
         valid_t=valid_t,
-        foreground=foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill)).cpu().numpy(),
+        foreground=foreground_mask(
+            volume_t, valid_t, float(normalizer.normalised_fill), foreground_floor(volume_t, valid_t, modality)
+        )
+        .cpu()
+        .numpy(),
         device=device,
         spacing=spacing3,
         modality=modality,
@@ -512,6 +517,7 @@ def _train(
     network = network.to(memory_format=torch.channels_last)
     t = time.monotonic()
     fill = float(run.normalizer.normalised_fill)
+    foreground = torch.from_numpy(run.foreground).to(run.device)
     if formulation == "recorrupted":
         sampler = RecorruptedSampler(
             run.volume_t,
@@ -523,6 +529,7 @@ def _train(
             crop_size=config.crop_size,
             fill=fill,
             seed=config.seed,
+            foreground=foreground,
         )
         step_fn = recorrupted_step
     else:
@@ -533,6 +540,7 @@ def _train(
             crop_size=config.crop_size,
             fill=fill,
             seed=config.seed,
+            foreground=foreground,
         )
         step_fn = nsn2n_step(config)
     log.info(

@@ -53,6 +53,7 @@ from .losses import nsn2n_loss
 from .noise_model import NoiseModel
 from .precision import autocast, channels_last
 from .progress import ProgressLog
+from .weight_map import pixel_noise_sigma
 
 __all__ = [
     "Batch",
@@ -65,6 +66,7 @@ __all__ = [
     "augmented_batch",
     "context_indices",
     "foreground_crop_origin",
+    "foreground_floor",
     "foreground_mask",
     "nsn2n_step",
     "random_turn",
@@ -75,6 +77,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _FOREGROUND_LEVEL = 0.1  # network units above the fill value that count as "something to denoise"
+#: Magnitude images (MR): the foreground also stands this many quiet-tile noise sigmas above the fill.
+MAGNITUDE_FLOOR_SIGMAS = 2.5
 _MIN_FOREGROUND = 0.25  # a crop with less foreground than this is redrawn (up to a few times)
 _SNAPSHOT_EVERY = 25  # steps between in-memory snapshots for the divergence guard
 _SPIKE_FACTOR = 20.0  # a batch loss this many times the running average means the network diverged
@@ -102,6 +106,7 @@ class PairSampler:
         crop_size: crop side; clipped to the shorter side of the slice (crops stay square).
         fill: normalised fill value of padding (foreground = differs from it).
         seed: seed of the sampling generator.
+        foreground: (D, H, W) bool crops are drawn on (the run's); ``None``: computed from ``fill``.
     """
 
     def __init__(
@@ -113,13 +118,14 @@ class PairSampler:
         crop_size: int,
         fill: float,
         seed: int,
+        foreground: torch.Tensor | None = None,
     ) -> None:
         self.volume = volume
         self.weights = weights
         self.valid = valid
         side = min(crop_size, volume.shape[1], volume.shape[2])  # square: rot90 must keep the shape
         self.crop = (side, side)
-        self.foreground = foreground_mask(volume, valid, fill)
+        self.foreground = foreground_mask(volume, valid, fill) if foreground is None else foreground
         self.rng = np.random.default_rng(seed)
         self.n_items = volume.shape[0] - 1  # pairs (i, i+1)
 
@@ -148,10 +154,29 @@ class PairSampler:
         return Batch(batch[:, 0:1], batch[:, 1:2], batch[:, 2:3] > 0.5, batch[:, 3:4] > 0.5)
 
 
-def foreground_mask(volume: torch.Tensor, valid: torch.Tensor, fill: float) -> torch.Tensor:
-    """(D, H, W) bool: valid pixels that differ from the padding fill by more than ``_FOREGROUND_LEVEL``
-    network units: what is worth training on and what the noise figures describe."""
-    return valid & ((volume - fill).abs() > _FOREGROUND_LEVEL)
+def foreground_mask(
+    volume: torch.Tensor, valid: torch.Tensor, fill: float, floor: float = _FOREGROUND_LEVEL
+) -> torch.Tensor:
+    """(D, H, W) bool: valid pixels that differ from the padding fill by more than ``floor`` network units
+    (:func:`foreground_floor`): what is worth training on and what the noise figures describe."""
+    return valid & ((volume - fill).abs() > floor)
+
+
+def foreground_floor(volume: torch.Tensor, valid: torch.Tensor, modality: str) -> float:
+    """How far (network units) a pixel must be from the fill to be foreground, for a normalised volume.
+
+    ``_FOREGROUND_LEVEL`` (0.1), and for MR at least ``MAGNITUDE_FLOOR_SIGMAS`` (2.5) times the pixel noise
+    sigma of the quietest tiles (:func:`nsn2n.weight_map.pixel_noise_sigma`). A magnitude image has a
+    noise floor: air reads Rayleigh noise of mean 1.25 sigma, so on a noisy MR series (sigma 9 % of the
+    tissue intensity) about half of the air rises above 0.1 by its noise alone and counts as foreground,
+    picked by its own noise, which then sets the tissue's noise level too low. The quiet tiles of an MR
+    series are mostly air (they read about 0.65 sigma), so the floor sits near 1.6 sigma: it about halves that
+    air (unit test) and, on the tuning set, leaves the 5 % MR series alone; a higher floor also dropped
+    dark tissue of the thick MR series, whose level then read 25 % high (bench/README.md, 2026-11-30).
+    """
+    if modality != "MR":
+        return _FOREGROUND_LEVEL
+    return max(_FOREGROUND_LEVEL, MAGNITUDE_FLOOR_SIGMAS * pixel_noise_sigma(volume, valid))
 
 
 def context_indices(index: int, depth: int, context: int) -> list[int]:
@@ -200,6 +225,7 @@ class RecorruptedSampler:
         crop_size: crop side; clipped to the shorter side of the slice (crops stay square).
         fill: normalised fill value of padding (foreground = differs from it).
         seed: seed of the crop, augmentation and noise generators.
+        foreground: (D, H, W) bool crops are drawn on (the run's); ``None``: computed from ``fill``.
     """
 
     def __init__(
@@ -214,6 +240,7 @@ class RecorruptedSampler:
         crop_size: int,
         fill: float,
         seed: int,
+        foreground: torch.Tensor | None = None,
     ) -> None:
         self.volume = volume
         self.valid = valid
@@ -222,7 +249,7 @@ class RecorruptedSampler:
         self.alpha = alpha
         side = min(crop_size, volume.shape[1], volume.shape[2])
         self.crop = (side, side)
-        self.foreground = foreground_mask(volume, valid, fill)
+        self.foreground = foreground_mask(volume, valid, fill) if foreground is None else foreground
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=volume.device).manual_seed(seed)
         self.sigma_scale = sigma_scale

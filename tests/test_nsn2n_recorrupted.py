@@ -28,6 +28,7 @@ from nsn2n.training import (
     RecorruptedBatch,
     RecorruptedSampler,
     context_indices,
+    foreground_floor,
     foreground_mask,
     recorrupted_step,
 )
@@ -92,6 +93,24 @@ def test_foreground_and_background_each_get_their_own_noise_level():
     assert measured.level(~foreground) == pytest.approx(0.02, rel=0.04)  # the background keeps its own
     every_pixel = api.measure_noise_model(volume_t, valid_t, maps, CONFIG)
     assert every_pixel.level(foreground) < 0.045  # one level for both: pulled down near the edge
+
+
+def test_mr_air_does_not_pass_for_foreground_by_its_own_noise():
+    # Tissue (1.0) beside air, both with magnitude (Rician) noise of sigma 0.09: the air reads Rayleigh
+    # noise of mean 0.11, above the plain 0.1 floor half of the time.
+    rng = np.random.default_rng(0)
+    shape, sigma = (8, 64, 64), 0.09
+    clean = np.zeros(shape)
+    clean[:, :, :32] = 1.0
+    magnitude = np.hypot(clean + sigma * rng.standard_normal(shape), sigma * rng.standard_normal(shape))
+    volume = torch.from_numpy(magnitude.astype(np.float32))
+    valid = torch.ones_like(volume, dtype=torch.bool)
+    assert foreground_floor(volume, valid, "CT") == pytest.approx(0.1)
+    plain = foreground_mask(volume, valid, 0.0, foreground_floor(volume, valid, "CT")).numpy()
+    magnitude_rule = foreground_mask(volume, valid, 0.0, foreground_floor(volume, valid, "MR")).numpy()
+    assert plain[:, :, 32:].mean() > 0.45
+    assert magnitude_rule[:, :, 32:].mean() < 0.6 * plain[:, :, 32:].mean()  # 28 % against 54 %
+    assert magnitude_rule[:, :, :32].all()  # the tissue stays
 
 
 def _kernel_autocorrelation(kernel: np.ndarray, lag: int) -> float:
