@@ -68,6 +68,7 @@ __all__ = [
     "BLOCK_PX",
     "MAX_LAG",
     "NoiseModel",
+    "SigmaMaps",
     "block_sigma",
     "correlation_kernel",
     "estimate_noise_model",
@@ -260,6 +261,30 @@ def correlation_kernel(autocorrelation: np.ndarray, grid: int = 64) -> np.ndarra
 
 
 @dataclass(frozen=True)
+class SigmaMaps:
+    """A noise model's local sigma held as tensors on one device (:meth:`NoiseModel.sigma_maps`).
+
+    Attributes:
+        blocks: (D, hb, wb) levels of the foreground (of every pixel without ``foreground``).
+        shape: (H, W) of a slice.
+        background_blocks: (D, hb, wb) levels of the background, with ``foreground``.
+        foreground: (D, H, W) bool pixels that take ``blocks``; the others take ``background_blocks``.
+    """
+
+    blocks: torch.Tensor
+    shape: tuple[int, int]
+    background_blocks: torch.Tensor | None = None
+    foreground: torch.Tensor | None = None
+
+    def slice(self, z: int) -> torch.Tensor:
+        """``(H, W)`` float32 local noise sigma of slice ``z``: each pixel its class's level."""
+        sigma = sigma_from_blocks(self.blocks[z], self.shape)
+        if self.foreground is None or self.background_blocks is None:
+            return sigma
+        return torch.where(self.foreground[z], sigma, sigma_from_blocks(self.background_blocks[z], self.shape))
+
+
+@dataclass(frozen=True)
 class NoiseModel:
     """Local noise level and in-plane correlation of one volume (see the module docstring).
 
@@ -295,18 +320,23 @@ class NoiseModel:
         background = None if self.background_blocks is None else self.background_blocks * np.float32(factor)
         return replace(self, sigma_blocks=self.sigma_blocks * np.float32(factor), background_blocks=background)
 
-    def sigma_tensor(self, z: int, device: torch.device | str = "cpu", scale: float = 1.0) -> torch.Tensor:
-        """``(H, W)`` float32 local noise sigma of slice ``z`` times ``scale``, on ``device``."""
-        sigma = sigma_from_blocks(torch.from_numpy(self.sigma_blocks[z] * np.float32(scale)).to(device), self.shape[1:])
-        if self.foreground is None or self.background_blocks is None:
-            return sigma
-        background = torch.from_numpy(self.background_blocks[z] * np.float32(scale)).to(device)
-        inside = torch.from_numpy(self.foreground[z]).to(device)
-        return torch.where(inside, sigma, sigma_from_blocks(background, self.shape[1:]))
+    def sigma_maps(self, device: torch.device | str = "cpu", scale: float = 1.0) -> SigmaMaps:
+        """The local sigma times ``scale`` as tensors on ``device``, to read many slices from (e.g. training
+        crops) without moving the levels again."""
+
+        def to(blocks: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(blocks if scale == 1.0 else blocks * np.float32(scale)).to(device)
+
+        return SigmaMaps(
+            to(self.sigma_blocks),
+            self.shape[1:],
+            None if self.background_blocks is None else to(self.background_blocks),
+            None if self.foreground is None else torch.from_numpy(self.foreground).to(device),
+        )
 
     def sigma_map(self, z: int) -> np.ndarray:
         """``(H, W)`` float32 local noise sigma of slice ``z``."""
-        return self.sigma_tensor(z).numpy()
+        return self.sigma_maps().slice(z).numpy()
 
     def level(self, foreground: np.ndarray | None = None) -> float:
         """Root mean square of the local sigma over ``foreground`` (D, H, W) bool, or over the volume."""

@@ -252,7 +252,7 @@ class RecorruptedSampler:
         self.foreground = foreground_mask(volume, valid, fill) if foreground is None else foreground
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=volume.device).manual_seed(seed)
-        self.sigma_scale = sigma_scale
+        self.sigma = noise_model.sigma_maps(volume.device, sigma_scale)
 
     def _crop_origin(self, index: int) -> tuple[int, int]:
         return foreground_crop_origin(self.foreground[index], self.crop, self.rng)
@@ -266,8 +266,7 @@ class RecorruptedSampler:
             i = int(self.rng.integers(0, depth))
             y, x = self._crop_origin(i)
             picks.append((i, slice(y, y + side), slice(x, x + side)))
-        device = self.volume.device
-        sigma = torch.stack([self.noise_model.sigma_tensor(i, device, self.sigma_scale)[ys, xs] for i, ys, xs in picks])
+        sigma = torch.stack([self.sigma.slice(i)[ys, xs] for i, ys, xs in picks])
         noise = self.noise_model.sample(sigma, self.generator)
         items = []
         for (i, ys, xs), z in zip(picks, noise, strict=True):
