@@ -295,18 +295,15 @@ def run_case(
 
 def described_pixels(noisy: np.ndarray, modality: str) -> np.ndarray:
     """(D, H, W) bool: the pixels NS-N2N's noise figures describe, recomputed from the noisy volume as the
-    run computes them: its foreground (:func:`nsn2n.training.foreground_mask`) on the evaluated slices
+    run computes them: its foreground (:func:`nsn2n.api.run_foreground`) on the evaluated slices
     (:func:`nsn2n.error_estimate.evaluation_slices`)."""
     import torch
 
     from nsn2n import api
     from nsn2n.error_estimate import evaluation_slices
-    from nsn2n.training import foreground_floor, foreground_mask
 
     valid, normalizer, normalised = api.prepare_volume(noisy, None, modality.upper(), None)
-    volume_t, valid_t = torch.from_numpy(normalised), torch.from_numpy(valid)
-    floor = foreground_floor(volume_t, valid_t, modality.upper())
-    foreground = foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill), floor).numpy()
+    foreground = api.run_foreground(torch.from_numpy(normalised), torch.from_numpy(valid), normalizer, modality.upper())
     out = np.zeros_like(foreground)
     slices = evaluation_slices(foreground, foreground.shape[0])
     out[slices] = foreground[slices]

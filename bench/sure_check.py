@@ -79,14 +79,12 @@ def product_noise_model(noisy: np.ndarray, modality: str) -> tuple[NoiseModel, n
 
     import nsn2n
     from nsn2n import api
-    from nsn2n.training import foreground_floor, foreground_mask
 
     valid, normalizer, normalised = api.prepare_volume(noisy, None, modality.upper(), None)
     cfg = nsn2n.DenoiseConfig(device="cpu")
     volume_t, valid_t = torch.from_numpy(normalised), torch.from_numpy(valid)
     maps = api.configured_weight_maps(volume_t, valid_t, cfg)
-    floor = foreground_floor(volume_t, valid_t, modality.upper())
-    foreground = foreground_mask(volume_t, valid_t, float(normalizer.normalised_fill), floor).numpy()
+    foreground = api.run_foreground(volume_t, valid_t, normalizer, modality.upper())
     model = api.measure_noise_model(volume_t, valid_t, maps, cfg, foreground)
     # The normalisation is affine, so the level in the volume's units is the normalised level times the scale.
     model = model.scaled(normalizer.scale)

@@ -422,16 +422,22 @@ def _start(
         normalised=normalised,
         volume_t=volume_t,
         valid_t=valid_t,
-        foreground=foreground_mask(
-            volume_t, valid_t, float(normalizer.normalised_fill), foreground_floor(volume_t, valid_t, modality)
-        )
-        .cpu()
-        .numpy(),
+        foreground=run_foreground(volume_t, valid_t, normalizer, modality),
         device=device,
         spacing=spacing3,
         modality=modality,
         warnings=warnings,
     )
+
+
+def run_foreground(
+    normalised_t: torch.Tensor, valid_t: torch.Tensor, normalizer: IntensityNormalizer, modality: str
+) -> np.ndarray:
+    """(D, H, W) bool foreground of a normalised volume, as a run has it: valid pixels farther from the fill
+    than the modality's floor (:func:`nsn2n.training.foreground_floor`). The training crops, the noise
+    model's two classes and the noise figures all use it."""
+    fill = float(normalizer.normalised_fill)
+    return foreground_mask(normalised_t, valid_t, fill, foreground_floor(normalised_t, valid_t, modality)).cpu().numpy()
 
 
 def measure_noise_model(
