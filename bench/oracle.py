@@ -25,7 +25,7 @@ from nsn2n.training import (
     TrainingStats,
     augmented_batch,
     context_indices,
-    foreground_crop_origin,
+    draw_crops,
     foreground_mask,
     recorrupted_step,
     train_network,
@@ -70,12 +70,8 @@ class SupervisedContextSampler:
 
     def sample(self, batch_size: int) -> RecorruptedBatch:
         depth = self.volume.shape[0]
-        side = self.crop[0]
         items = []
-        for _ in range(batch_size):
-            i = int(self.rng.integers(0, depth))
-            y, x = foreground_crop_origin(self.foreground[i], self.crop, self.rng)
-            ys, xs = slice(y, y + side), slice(x, x + side)
+        for i, ys, xs in draw_crops(self.foreground, self.crop, batch_size, self.rng):
             channels = [self.volume[j, ys, xs] for j in context_indices(i, depth, self.context)]
             valid = self.valid[i, ys, xs].to(self.volume.dtype)
             items.append(torch.stack([*channels, self.target[i, ys, xs], valid]))

@@ -65,6 +65,7 @@ __all__ = [
     "TrainingStats",
     "augmented_batch",
     "context_indices",
+    "draw_crops",
     "foreground_crop_origin",
     "foreground_floor",
     "foreground_mask",
@@ -254,18 +255,10 @@ class RecorruptedSampler:
         self.generator = torch.Generator(device=volume.device).manual_seed(seed)
         self.sigma = noise_model.sigma_maps(volume.device, sigma_scale)
 
-    def _crop_origin(self, index: int) -> tuple[int, int]:
-        return foreground_crop_origin(self.foreground[index], self.crop, self.rng)
-
     def sample(self, batch_size: int) -> RecorruptedBatch:
         """``batch_size`` items, each with one random rot90 and flip on all its crops."""
         depth = self.volume.shape[0]
-        side = self.crop[0]
-        picks = []
-        for _ in range(batch_size):
-            i = int(self.rng.integers(0, depth))
-            y, x = self._crop_origin(i)
-            picks.append((i, slice(y, y + side), slice(x, x + side)))
+        picks = draw_crops(self.foreground, self.crop, batch_size, self.rng)
         sigma = torch.stack([self.sigma.slice(i)[ys, xs] for i, ys, xs in picks])
         noise = self.noise_model.sample(sigma, self.generator)
         items = []
@@ -277,6 +270,19 @@ class RecorruptedSampler:
             channels[self.context] = slice_i + self.alpha * z
             items.append(torch.stack([*channels, slice_i - z / self.alpha, valid.to(z.dtype)]))
         return augmented_batch(items, self.context, self.rng)
+
+
+def draw_crops(
+    foreground: torch.Tensor, crop: tuple[int, int], count: int, rng: np.random.Generator
+) -> list[tuple[int, slice, slice]]:
+    """``count`` random ``(slice index, rows, columns)`` crops of a (D, H, W) ``foreground``: the slice
+    uniformly, the window by :func:`foreground_crop_origin`."""
+    crops = []
+    for _ in range(count):
+        i = int(rng.integers(0, foreground.shape[0]))
+        y, x = foreground_crop_origin(foreground[i], crop, rng)
+        crops.append((i, slice(y, y + crop[0]), slice(x, x + crop[1])))
+    return crops
 
 
 def random_turn(stack: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
