@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import cases
-from bench.metrics import CT_RANGE, psnr, to_unit
+from bench.metrics import score
 from bench.report import log_beside, machine_header, write_lines
 
 
@@ -53,11 +53,13 @@ def probe(case_name: str, overrides: dict[str, str], store: cases.CaseStore) -> 
     mask = vol.mask.astype(bool)
     rmse_in = float(np.sqrt(np.mean((noisy - vol.clean)[mask] ** 2)))
     rmse_out = float(np.sqrt(np.mean((result.denoised - vol.clean)[mask] ** 2)))
-    lo, hi = CT_RANGE if vol.modality == "CT" else (0.0, vol.ref_scale)
-    clean = to_unit(vol.clean, lo, hi)
+
+    def whole_psnr(test: np.ndarray) -> float:
+        return score(vol.modality, vol.clean, noisy, test, mask, vol.ref_scale, ssim=False, structure=False)["psnr"]
+
     return {
         "gain_db": 20 * np.log10(rmse_in / rmse_out),
-        "gain_whole_db": psnr(clean, to_unit(result.denoised, lo, hi)) - psnr(clean, to_unit(noisy, lo, hi)),
+        "gain_whole_db": whole_psnr(result.denoised) - whole_psnr(noisy),
         "rmse_in": rmse_in,
         "rmse_out": rmse_out,
         "level": result.report.noise_model.level,
