@@ -37,6 +37,7 @@ from .report import (
     WeightMapStats,
 )
 from .residual_clip import clip_change, residual_limits
+from .rician import rician_signal
 from .training import (
     PairSampler,
     RecorruptedSampler,
@@ -363,7 +364,8 @@ def denoise_volume(
     maps, noise_model, noise_stats, seconds_maps = _match_neighbours(run, config)
     network, formulation, stats, seconds_train = _train(run, maps, noise_model, config, initial_model, finetune_steps)
     evaluated = set(evaluation_slices(run.foreground, volume.shape[0]).tolist())
-    denoised, limits, seconds_inference = _infer(run, network, maps, config, evaluated)
+    rician = noise_model if corrects_rician_bias(run.modality, run.normalizer, noise_model, config) else None
+    denoised, limits, seconds_inference = _infer(run, network, maps, config, evaluated, rician)
     noise, seconds_noise = _measure_noise(run, network, noise_model, config, limits)
     timings = StageTimings(seconds_maps, seconds_train, seconds_inference, seconds_noise, time.monotonic() - t_start)
     log.info(
@@ -378,7 +380,7 @@ def denoise_volume(
     provenance = ModelProvenance()
     if initial_model is not None:
         provenance = ModelProvenance(initial_model.info.get("loaded_from"), finetune_steps)
-    report = _report(run, config, maps, noise_stats, formulation, stats, provenance, timings, noise)
+    report = _report(run, config, maps, noise_stats, formulation, stats, provenance, timings, noise, rician is not None)
     info = {"config": config.as_dict(), "training": report.as_dict()["training"]}
     if initial_model is not None:
         info["loaded_from"] = provenance.loaded_from
@@ -581,13 +583,33 @@ def _unit(modality: str) -> str:
     return "HU" if modality == "CT" else "a.u."
 
 
+def corrects_rician_bias(
+    modality: str, normalizer: IntensityNormalizer, noise_model: NoiseModel, config: DenoiseConfig
+) -> bool:
+    """Whether a run maps its output from the expected magnitude to the signal (:mod:`nsn2n.rician`): MR
+    magnitude data (no negative values, so the normalisation's offset is 0 and 0 stays 0) with the setting
+    on, and a measured noise level (positive and finite in every block)."""
+    if not (config.rician_bias_correction and modality == "MR" and normalizer.offset == 0.0):
+        return False
+    blocks = noise_model.sigma_blocks
+    return bool(np.all(np.isfinite(blocks)) and np.all(blocks > 0))
+
+
 def _infer(
-    run: _Run, network: torch.nn.Module, maps: WeightMaps, config: DenoiseConfig, keep: Collection[int]
+    run: _Run,
+    network: torch.nn.Module,
+    maps: WeightMaps,
+    config: DenoiseConfig,
+    keep: Collection[int],
+    rician: NoiseModel | None = None,
 ) -> tuple[np.ndarray, dict[int, np.ndarray], float]:
-    """Denoise every slice, clip the residual, return to input units.
+    """Denoise every slice, clip the residual, correct the Rician bias, return to input units.
 
     ``(denoised, the clip's limits of the slices in keep (none without a clip), seconds)``: the error
-    estimate probes the same clip on those slices.
+    estimate probes the same clip on those slices. ``rician``: the noise model whose foreground level
+    maps the output from the expected magnitude to the signal (:mod:`nsn2n.rician`), ``None`` = no
+    correction. The correction comes last: the clip bounds what the network changes, not that known
+    mapping.
     """
     t = time.monotonic()
     out_norm = infer_slices(network, run.normalised, run.device, config, run.should_stop)
@@ -604,6 +626,10 @@ def _infer(
         out_norm[z] = clip_change(run.normalised[z], out_norm[z], limit)
         if z in keep:
             kept[z] = limit
+    if rician is not None:
+        for z in range(out_norm.shape[0]):
+            out_norm[z] = rician_signal(out_norm[z], rician.foreground_sigma_map(z))
+        log.info("Rician bias: the output mapped from the expected magnitude to the signal (nsn2n.rician)")
     denoised = to_input_units(run.normalizer, out_norm, run.volume, run.valid, run.modality)
     return denoised, kept, time.monotonic() - t
 
@@ -619,7 +645,10 @@ def _measure_noise(
 
     The denoiser probed is the one that made the output: the network in float32 (bf16 rounding would
     swamp the estimator's finite differences), then the residual clip with ``limits`` (those of the
-    unperturbed volume, per evaluated slice, from :func:`_infer`; empty without a clip) held.
+    unperturbed volume, per evaluated slice, from :func:`_infer`; empty without a clip) held. Not the
+    Rician correction of an MR magnitude series: SURE measures the error against the input's expected
+    value, which for magnitude data is the Rician mean, and the correction is the known map from that
+    mean to the signal (:mod:`nsn2n.rician`); the figure is the denoising's error on that scale.
     ``(estimate, seconds)``.
     """
     t = time.monotonic()
@@ -680,6 +709,7 @@ def _report(
     provenance: ModelProvenance,
     timings: StageTimings,
     noise: NoiseEstimate,
+    rician_bias_corrected: bool,
 ) -> DenoiseReport:
     scale = run.normalizer.scale
     return DenoiseReport(
@@ -705,4 +735,5 @@ def _report(
         timings=timings,
         noise=noise,
         warnings=tuple(run.warnings),
+        rician_bias_corrected=rician_bias_corrected,
     )

@@ -338,6 +338,13 @@ class NoiseModel:
         """``(H, W)`` float32 local noise sigma of slice ``z``."""
         return self.sigma_maps().slice(z).numpy()
 
+    def foreground_sigma_map(self, z: int) -> np.ndarray:
+        """``(H, W)`` float32 level of the foreground's noise at every pixel of slice ``z``, the background's
+        too (there: the neighbouring foreground blocks' level or the volume-wide one). For a magnitude MR
+        series this is the level of the complex noise everywhere, which air shows only as a Rayleigh
+        floor (:mod:`nsn2n.rician`)."""
+        return sigma_from_blocks(torch.from_numpy(self.sigma_blocks[z]), self.shape[1:]).numpy()
+
     def level(self, foreground: np.ndarray | None = None) -> float:
         """Root mean square of the local sigma over ``foreground`` (D, H, W) bool, or over the volume."""
         total, count = 0.0, 0

@@ -161,6 +161,8 @@ class DenoiseReport:
         timings: seconds per stage.
         noise: noise before and after.
         warnings: non-fatal findings, one line each (thick slices, few matched pixels, rollbacks).
+        rician_bias_corrected: the output was mapped from the expected magnitude to the signal
+            (:mod:`nsn2n.rician`; MR magnitude series with ``rician_bias_correction``).
     """
 
     software_version: str
@@ -181,6 +183,7 @@ class DenoiseReport:
     timings: StageTimings
     noise: NoiseEstimate
     warnings: tuple[str, ...]
+    rician_bias_corrected: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-native values (nested dicts, lists, numbers, strings, ``None``)."""
