@@ -97,7 +97,7 @@ def mr_outputs(mr_case):
 
 
 def test_mr_magnitude_output_loses_the_noise_floor(mr_case, mr_outputs):
-    clean, noisy = mr_case
+    clean, _ = mr_case
     on, off = mr_outputs
     assert on.report.rician_bias_corrected and not off.report.rician_bias_corrected
     air = clean == 0
