@@ -24,6 +24,7 @@ from .error_estimate import ErrorEstimate, estimate_error, evaluation_slices
 from .errors import ShouldStop, VolumeError
 from .inference import denoise_slices, network_context
 from .intensity import IntensityNormalizer, output_range
+from .noise import inplane_noise_sigma
 from .noise_model import NoiseModel, estimate_noise_model, outer_pair_weights
 from .precision import precision_name
 from .report import (
@@ -364,7 +365,7 @@ def denoise_volume(
     maps, noise_model, noise_stats, seconds_maps = _match_neighbours(run, config)
     network, formulation, stats, seconds_train = _train(run, maps, noise_model, config, initial_model, finetune_steps)
     evaluated = set(evaluation_slices(run.foreground, volume.shape[0]).tolist())
-    rician = noise_model if corrects_rician_bias(run.modality, run.normalizer, noise_model, config) else None
+    rician = _rician_correction_model(run, noise_model, config)
     denoised, limits, seconds_inference = _infer(run, network, maps, config, evaluated, rician)
     noise, seconds_noise = _measure_noise(run, network, noise_model, config, limits)
     timings = StageTimings(seconds_maps, seconds_train, seconds_inference, seconds_noise, time.monotonic() - t_start)
@@ -380,7 +381,8 @@ def denoise_volume(
     provenance = ModelProvenance()
     if initial_model is not None:
         provenance = ModelProvenance(initial_model.info.get("loaded_from"), finetune_steps)
-    report = _report(run, config, maps, noise_stats, formulation, stats, provenance, timings, noise, rician is not None)
+    rician_sigma = None if rician is None else rician.level(run.foreground) * run.normalizer.scale
+    report = _report(run, config, maps, noise_stats, formulation, stats, provenance, timings, noise, rician_sigma)
     info = {"config": config.as_dict(), "training": report.as_dict()["training"]}
     if initial_model is not None:
         info["loaded_from"] = provenance.loaded_from
@@ -583,16 +585,33 @@ def _unit(modality: str) -> str:
     return "HU" if modality == "CT" else "a.u."
 
 
-def corrects_rician_bias(
-    modality: str, normalizer: IntensityNormalizer, noise_model: NoiseModel, config: DenoiseConfig
-) -> bool:
-    """Whether a run maps its output from the expected magnitude to the signal (:mod:`nsn2n.rician`): MR
-    magnitude data (no negative values, so the normalisation's offset is 0 and 0 stays 0) with the setting
-    on, and a measured noise level (positive and finite in every block)."""
-    if not (config.rician_bias_correction and modality == "MR" and normalizer.offset == 0.0):
-        return False
+def _rician_correction_model(run: _Run, noise_model: NoiseModel, config: DenoiseConfig) -> NoiseModel | None:
+    """The noise model whose foreground level the output's Rician correction uses (:mod:`nsn2n.rician`), or
+    ``None`` where the run does not correct.
+
+    It corrects MR magnitude data (no negative values, so the normalisation's offset is 0 and 0 stays 0)
+    with the setting on. The level is the noise model's, capped at the in-plane bound
+    (:func:`nsn2n.noise.inplane_noise_sigma`): on thick slices anatomy that changes between them raises
+    the paired-slice level, and a level set too high maps dark tissue to zero, while one set too low only
+    leaves part of the floor. No correction without a positive, finite level and bound.
+    """
+    if not (config.rician_bias_correction and run.modality == "MR" and run.normalizer.offset == 0.0):
+        return None
     blocks = noise_model.sigma_blocks
-    return bool(np.all(np.isfinite(blocks)) and np.all(blocks > 0))
+    if not (np.all(np.isfinite(blocks)) and np.all(blocks > 0)):
+        return None
+    level = noise_model.level(run.foreground)
+    bound = inplane_noise_sigma(run.normalised, run.foreground)
+    if not (math.isfinite(bound) and bound > 0 and math.isfinite(level) and level > 0):
+        return None
+    factor = min(1.0, bound / level)
+    log.info(
+        "Rician bias correction at %.4g a.u. (noise model %.4g, in-plane bound %.4g)",
+        factor * level * run.normalizer.scale,
+        level * run.normalizer.scale,
+        bound * run.normalizer.scale,
+    )
+    return noise_model if factor == 1.0 else noise_model.scaled(factor)
 
 
 def _infer(
@@ -629,7 +648,6 @@ def _infer(
     if rician is not None:
         for z in range(out_norm.shape[0]):
             out_norm[z] = rician_signal(out_norm[z], rician.foreground_sigma_map(z))
-        log.info("Rician bias: the output mapped from the expected magnitude to the signal (nsn2n.rician)")
     denoised = to_input_units(run.normalizer, out_norm, run.volume, run.valid, run.modality)
     return denoised, kept, time.monotonic() - t
 
@@ -709,7 +727,7 @@ def _report(
     provenance: ModelProvenance,
     timings: StageTimings,
     noise: NoiseEstimate,
-    rician_bias_corrected: bool,
+    rician_correction_sigma: float | None,
 ) -> DenoiseReport:
     scale = run.normalizer.scale
     return DenoiseReport(
@@ -735,5 +753,5 @@ def _report(
         timings=timings,
         noise=noise,
         warnings=tuple(run.warnings),
-        rician_bias_corrected=rician_bias_corrected,
+        rician_correction_sigma=rician_correction_sigma,
     )

@@ -119,8 +119,9 @@ class DenoiseConfig:
             the neighbour target was biased or absent in training; ``None`` = no limit there.
         rician_bias_correction: on an MR magnitude series (no negative values), map each denoised
             pixel, an estimate of the expected magnitude, to the signal whose Rician mean it is, with the
-            noise model's level (:mod:`nsn2n.rician`): a denoiser that learns from noisy data alone keeps
-            the noise floor (1.25 sigma in air, less in dark tissue). Other series are never changed.
+            noise model's level capped at an in-plane bound (:mod:`nsn2n.rician`): a denoiser that learns
+            from noisy data alone keeps the noise floor (1.25 sigma in air, less in dark tissue). Other
+            series are never changed.
 
     Runtime
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.

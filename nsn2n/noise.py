@@ -12,6 +12,8 @@ and, where the anatomy matches, no anatomy:
   changes between slices as noise.
 * :func:`nsn2n.residual_clip.local_noise_sigma`: a per-pixel map, because CT noise is not stationary and
   the residual clip must follow it.
+* :func:`inplane_noise_sigma` (here): one in-plane number over the foreground, from the finest diagonal
+  wavelet detail; the bound the Rician correction caps its level at (:mod:`nsn2n.rician`).
 
 The paired-slice estimator ("paired-slice difference in matched regions"): with d = x_i - x_{i+1} over the
 pixels that the weight maps mark as matched (same anatomy) and that are not padding,
@@ -37,6 +39,7 @@ import torch
 __all__ = [
     "MAD_TO_SIGMA",
     "MEAN_ABS_TO_SIGMA",
+    "inplane_noise_sigma",
     "matched_pair_difference",
     "paired_slice_noise_sigma",
 ]
@@ -73,3 +76,23 @@ def paired_slice_noise_sigma(
         return float("nan")
     centre = np.median(diffs)
     return float(MAD_TO_SIGMA * np.median(np.abs(diffs - centre)) / np.sqrt(2.0))
+
+
+def inplane_noise_sigma(volume: np.ndarray, foreground: np.ndarray) -> float:
+    """Noise sigma from each slice alone: the MAD of the finest diagonal Haar detail over the foreground.
+
+    ``(x[2i, 2j] - x[2i+1, 2j] - x[2i, 2j+1] + x[2i+1, 2j+1]) / 2`` over the 2 x 2 blocks wholly in
+    ``foreground`` (D, H, W) bool, times :data:`MAD_TO_SIGMA` (Donoho & Johnstone's wavelet MAD,
+    Biometrika 81(3), 1994). For noise that is white in-plane (MR) it is the noise sigma plus what
+    texture adds, and anatomy that changes between slices cannot enter it, which is what raises the
+    paired-slice estimates on thick slices; in-plane correlated noise (CT, interpolated MR) has little
+    power at the finest scale, so there it reads low. Either way no more than the noise plus texture: a
+    bound, not the level. NaN when no block is wholly in the foreground.
+    """
+    x = volume.astype(np.float32, copy=False)
+    detail = (x[:, :-1:2, :-1:2] - x[:, 1::2, :-1:2] - x[:, :-1:2, 1::2] + x[:, 1::2, 1::2]) / 2
+    inside = foreground[:, :-1:2, :-1:2] & foreground[:, 1::2, :-1:2] & foreground[:, :-1:2, 1::2]
+    inside &= foreground[:, 1::2, 1::2]
+    if not inside.any():
+        return float("nan")
+    return float(MAD_TO_SIGMA * np.median(np.abs(detail[inside])))

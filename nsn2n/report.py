@@ -161,8 +161,9 @@ class DenoiseReport:
         timings: seconds per stage.
         noise: noise before and after.
         warnings: non-fatal findings, one line each (thick slices, few matched pixels, rollbacks).
-        rician_bias_corrected: the output was mapped from the expected magnitude to the signal
-            (:mod:`nsn2n.rician`; MR magnitude series with ``rician_bias_correction``).
+        rician_correction_sigma: the noise level (input units, RMS over the foreground) with which the
+            output was mapped from the expected magnitude to the signal (:mod:`nsn2n.rician`; MR
+            magnitude series with ``rician_bias_correction``); ``None``: not corrected.
     """
 
     software_version: str
@@ -183,7 +184,7 @@ class DenoiseReport:
     timings: StageTimings
     noise: NoiseEstimate
     warnings: tuple[str, ...]
-    rician_bias_corrected: bool = False
+    rician_correction_sigma: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-native values (nested dicts, lists, numbers, strings, ``None``)."""

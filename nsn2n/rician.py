@@ -24,7 +24,11 @@ variant solves for the second moment instead) applied to a denoised image, where
 is known far better than in a single noisy pixel.
 
 Where it applies: magnitude data only (the caller checks: an MR series without negative values), with
-the level of the complex noise. Multi-coil magnitude images combined by sum of squares follow a
+the level of the complex noise. The errors are not symmetric: a level set too high maps dark tissue
+(intensities under 1.25 times it) to zero, one set too low leaves part of the floor. So the run caps
+the noise model's level, which anatomy that changes between thick slices raises, at an in-plane bound
+(:func:`nsn2n.noise.inplane_noise_sigma`; on the bundled 7 mm MR sample 14.8 a.u. against the model's
+25.6). Multi-coil magnitude images combined by sum of squares follow a
 non-central chi distribution whose floor lies higher still; correcting it as Rician removes part of the
 floor, never more than there is.
 """

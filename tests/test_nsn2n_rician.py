@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from nsn2n import DenoiseConfig, denoise_volume
+from nsn2n import DenoiseConfig, api, denoise_volume
+from nsn2n.noise import inplane_noise_sigma
 from nsn2n.rician import RAYLEIGH_MEAN, rician_mean, rician_signal
 
 SMALL = DenoiseConfig(
@@ -99,7 +100,8 @@ def mr_outputs(mr_case):
 def test_mr_magnitude_output_loses_the_noise_floor(mr_case, mr_outputs):
     clean, _ = mr_case
     on, off = mr_outputs
-    assert on.report.rician_bias_corrected and not off.report.rician_bias_corrected
+    assert on.report.rician_correction_sigma == pytest.approx(10.0, rel=0.15)
+    assert off.report.rician_correction_sigma is None
     air = clean == 0
     # Without the correction the air keeps its Rayleigh mean (1.25 sigma = 12.5); with it, about half goes
     # (what the network leaves of the noise's spread in air stays partly above the floor).
@@ -119,6 +121,28 @@ def test_ct_and_signed_mr_are_never_corrected(mr_case):
     _, noisy = mr_case
     signed = noisy - 20.0  # negative values: not magnitude data
     result = denoise_volume(signed, (1.0, 1.0, 1.0), "MR", dataclasses.replace(SMALL, max_steps=5))
-    assert not result.report.rician_bias_corrected
+    assert result.report.rician_correction_sigma is None
     ct = denoise_volume(noisy * 10 - 1000, (1.0, 1.0, 1.0), "CT", dataclasses.replace(SMALL, max_steps=5))
-    assert not ct.report.rician_bias_corrected
+    assert ct.report.rician_correction_sigma is None
+
+
+def test_the_inplane_bound_reads_white_noise_and_reads_correlated_noise_low():
+    rng = np.random.default_rng(2)
+    flat = np.full((4, 64, 64), 50.0)
+    inside = np.ones(flat.shape, bool)
+    white = flat + rng.normal(0.0, 3.0, flat.shape)
+    assert inplane_noise_sigma(white, inside) == pytest.approx(3.0, rel=0.05)
+    smooth = np.stack([np.convolve(r, np.ones(3) / 3, "same") for r in rng.normal(0.0, 3.0, (4 * 64, 64))])
+    correlated = flat + smooth.reshape(flat.shape) / smooth.std() * 3.0
+    assert inplane_noise_sigma(correlated, inside) < 0.8 * 3.0
+    assert math.isnan(inplane_noise_sigma(white, np.zeros(flat.shape, bool)))
+
+
+def test_the_correction_level_is_capped_by_the_inplane_bound(mr_case, monkeypatch):
+    """A paired-slice level raised by anatomy (thick slices) must not push dark tissue to zero."""
+    _, noisy = mr_case
+    monkeypatch.setattr(api, "inplane_noise_sigma", lambda volume, foreground: 4.0 / 100.0)
+    config = dataclasses.replace(SMALL, max_steps=5)
+    result = denoise_volume(noisy, (1.0, 1.0, 1.0), "MR", config)
+    scale = result.model.normalizer.scale
+    assert result.report.rician_correction_sigma == pytest.approx(4.0 / 100.0 * scale, rel=1e-4)
