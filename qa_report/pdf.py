@@ -454,8 +454,11 @@ def _draw_volume_and_noise(doc: _Layout, record: Mapping[str, Any]) -> None:
             color=_GREEN,
             y=doc.y + 16,
         )
-        est = _wrap("Estimator: " + str(noise.get("estimator") or "n/a"), col_w - 16, 7.5)
-        for i, line in enumerate(est[:2]):
+        est = _wrap("Estimator: " + str(noise.get("estimator") or "n/a"), col_w - 16, 7.5)[:2]
+        rician = noise.get("rician_correction_sigma")
+        if isinstance(rician, int | float):
+            est.append(f"Rician noise floor removed (sigma {format_noise(rician, unit)})")
+        for i, line in enumerate(est):
             doc.text(x + 8, line, size=7.5, color=_GREY, y=doc.y + 38 + 10 * i)
         y_noise = doc.y + 64
     else:

@@ -230,6 +230,19 @@ def test_pdf_contains_key_facts(montage_png: bytes, tmp_path: Path) -> None:
     assert pdf == render_report_pdf(record, montage_png)
 
 
+def test_pdf_states_the_rician_correction_only_when_made(montage_png: bytes) -> None:
+    mr_noise = {"estimator": "SURE", "before": 11.8, "after": 5.1, "unit": "a.u.", "rician_correction_sigma": 11.64}
+    record = _record(noise=mr_noise)
+    validate_run_record(record)
+    _, text = _pdf_text(render_report_pdf(record, montage_png))
+    assert "Rician noise floor removed (sigma 11.64 a.u.)" in text
+    record = _record(noise=mr_noise | {"rician_correction_sigma": None})
+    validate_run_record(record)
+    assert "Rician" not in _pdf_text(render_report_pdf(record, montage_png))[1]
+    with pytest.raises(RunRecordError):
+        validate_run_record(_record(noise=mr_noise | {"rician_correction_sigma": -1.0}))
+
+
 def test_pdf_failed_run_and_unsafe_text() -> None:
     record = _record(
         status="failed", error="CUDA out of memory \u2014 retry on cpu", derived=None, noise=None, training=None
