@@ -123,14 +123,7 @@ def fit_supervised_oracle(
         seed=config.seed,
     )
     stats = train_network(
-        network,
-        sampler,
-        recorrupted_step,
-        config,
-        steps=config.max_steps,
-        device=device,
-        modality=modality,
-        label="oracle",
+        network, sampler, recorrupted_step, config, steps=config.max_steps, device=device, label="oracle"
     )
     out = infer_slices(network, normalised, device, config)
     denoised = to_input_units(normalizer, out, noisy, valid, modality)

@@ -554,22 +554,14 @@ def _train(
         )
         step_fn = nsn2n_step(config)
     log.info(
-        "training: %s formulation, %d input slice(s), %d steps, learning rate %.3g, precision %s",
+        "training: %s formulation, %d input slice(s), %d steps, precision %s",
         formulation,
         2 * network_context(network) + 1,
         steps,
-        config.learning_rate_for(run.modality),
         precision_name(run.device, config.mixed_precision),
     )
     stats = train_network(
-        network,
-        sampler,
-        step_fn,
-        config,
-        steps=steps,
-        device=run.device,
-        modality=run.modality,
-        should_stop=run.should_stop,
+        network, sampler, step_fn, config, steps=steps, device=run.device, should_stop=run.should_stop
     )
     seconds = time.monotonic() - t
     if stats.rollbacks:

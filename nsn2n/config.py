@@ -65,12 +65,8 @@ class DenoiseConfig:
             follows the elapsed fraction of the budget so a cut-short run still ends annealed.
         batch_size: crops per step (recorrupted: slices with their context; paper: neighbouring pairs).
         crop_size: side of the random square crops (pixels); clipped to the slice size.
-        learning_rate: AdamW's learning rate; it follows a cosine decay to 5 % of it after a short
-            linear warm-up. ``None`` (default): 1e-3 for CT, 2e-3 otherwise. Chosen on the benchmark's
-            tuning set at the default 400 steps: on the MRs 2e-3 gained 0.2 to 0.3 dB over 1e-3 (3e-3
-            more on two, but it diverged on the third and on two of three CTs); on the CTs 2e-3 was
-            mixed (-0.15 to +0.17 dB), so CT keeps 1e-3. See :meth:`learning_rate_for`.
-        weight_decay: AdamW's weight decay.
+        learning_rate, weight_decay: AdamW; the learning rate follows a cosine decay to 5 % of it
+            after a short linear warm-up.
 
     Formulation (what the network is trained to predict; see :mod:`nsn2n.training`)
         formulation: ``"recorrupted"``: the network sees the slice with extra synthetic noise drawn from
@@ -146,7 +142,7 @@ class DenoiseConfig:
     time_budget_s: float | None = None
     batch_size: int = 24
     crop_size: int = 96
-    learning_rate: float | None = None
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-5
 
     formulation: Formulation = "recorrupted"
@@ -185,11 +181,9 @@ class DenoiseConfig:
         _positive_int(self, "max_steps", "batch_size", "unet_width", "unet_depth", "inference_batch")
         if self.crop_size < 16:
             raise ConfigError("crop_size", f"must be >= 16 pixels, got {self.crop_size}")
-        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(
-                "learning_rate", f"must be > 0 (or null for the modality default), got {self.learning_rate}"
-            )
-        _positive_float(self, "lowpass_sigma_px", "guide_range_k", "threshold_k", "log_every_s", "max_slice_gap_mm")
+        _positive_float(
+            self, "learning_rate", "lowpass_sigma_px", "guide_range_k", "threshold_k", "log_every_s", "max_slice_gap_mm"
+        )
         _non_negative_float(self, "weight_decay", "lambda_rc", "lambda_ic")
         if not 0 <= self.context_slices <= 4:
             raise ConfigError("context_slices", f"must be 0 to 4 slices on either side, got {self.context_slices}")
@@ -210,12 +204,6 @@ class DenoiseConfig:
                 raise ConfigError(name, f"must be a positive number or null, got {value}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError("num_threads", f"must be >= 1 or null, got {self.num_threads}")
-
-    def learning_rate_for(self, modality: str) -> float:
-        """:attr:`learning_rate`, or its modality default when it is ``None`` (1e-3 for CT, 2e-3 otherwise)."""
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-3 if modality.upper() == "CT" else 2e-3
 
     def sigma_scale_for(self, modality: str) -> float:
         """:attr:`recorruption_sigma_scale`, or its modality default when it is ``None``."""

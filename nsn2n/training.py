@@ -22,10 +22,9 @@ nothing) and apply one random flip/rot90 to everything an item holds.
 Precision and layout (:mod:`nsn2n.precision`): bf16 autocast where the device computes it natively,
 channels-last inputs; the loss is float32.
 
-Optimiser: AdamW at the modality's learning rate (:meth:`DenoiseConfig.learning_rate_for`) with a
-linear warm-up over the first 3 % of the budget and a cosine decay to 5 % of the learning rate. The
-schedule follows the larger of the step fraction and the elapsed fraction of the wall-clock budget, so a
-run cut short by ``time_budget_s`` still ends with a small learning rate.
+Optimiser: AdamW with a linear warm-up over the first 3 % of the budget and a cosine decay to 5 % of
+the learning rate. The schedule follows the larger of the step fraction and the elapsed fraction of the
+wall-clock budget, so a run cut short by ``time_budget_s`` still ends with a small learning rate.
 
 Divergence guard (:class:`DivergenceGuard`): a network without normalisation layers trained with Adam
 can blow up in one step, after which the run is lost. Every ``_SNAPSHOT_EVERY`` steps the model and
@@ -472,20 +471,17 @@ def train_network(
     *,
     steps: int,
     device: torch.device,
-    modality: str,
     label: str = "train",
     should_stop: ShouldStop | None = None,
 ) -> TrainingStats:
-    """Optimise ``model`` for ``steps`` steps or until the configured wall-clock budget is spent, at the
-    learning rate the configuration gives ``modality`` (:meth:`DenoiseConfig.learning_rate_for`).
+    """Optimise ``model`` for ``steps`` steps or until the configured wall-clock budget is spent.
 
     ``should_stop`` (:data:`nsn2n.errors.ShouldStop`) is asked before every step; :class:`StopRequested`
     when it says so.
     """
     if steps <= 0:
         return TrainingStats(stopped_by="no_training")
-    base_lr = config.learning_rate_for(modality)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=base_lr, weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     guard = DivergenceGuard(model, optimiser, label)
     time_cap = config.training_time_cap
     history_every = max(1, steps // 100)
@@ -502,7 +498,7 @@ def train_network(
             stopped_by = "time_budget"
             break
         for group in optimiser.param_groups:
-            group["lr"] = _learning_rate(base_lr, fraction) * guard.lr_scale
+            group["lr"] = _learning_rate(config.learning_rate, fraction) * guard.lr_scale
         batch = sampler.sample(config.batch_size)
         with autocast(device, config.mixed_precision):
             loss, parts = step_fn(model, batch)

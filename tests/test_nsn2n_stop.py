@@ -63,7 +63,7 @@ def test_training_stops_at_the_step_the_hook_says() -> None:
     hook = StopAfter(4)
     with pytest.raises(StopRequested, match="stopped before step 4 of 30"):
         cpu = torch.device("cpu")
-        train_network(model, sampler, nsn2n_step(CONFIG), CONFIG, steps=30, device=cpu, modality="CT", should_stop=hook)
+        train_network(model, sampler, nsn2n_step(CONFIG), CONFIG, steps=30, device=cpu, should_stop=hook)
     assert hook.asked == 4, "asked once per step"
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), "3 steps were taken"
 

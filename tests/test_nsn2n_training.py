@@ -38,9 +38,7 @@ def _sampler() -> PairSampler:
 def _train(step_fn) -> tuple[torch.nn.Module, TrainingStats]:
     torch.manual_seed(0)
     model = ResidualUNet(CONFIG.unet_width, CONFIG.unet_depth)
-    stats = train_network(
-        model, _sampler(), step_fn, CONFIG, steps=CONFIG.max_steps, device=torch.device("cpu"), modality="CT"
-    )
+    stats = train_network(model, _sampler(), step_fn, CONFIG, steps=CONFIG.max_steps, device=torch.device("cpu"))
     return model, stats
 
 
