@@ -22,10 +22,24 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import EncapsulatedPDFStorage
 
+from nsn2n import DenoiseConfig
 from tests.app_runner import AppRun, folder_digest, run_app
 from tests.dicom_factory import add_correlated_noise, make_phantom, write_ct_series
 
 MR_SAMPLE = Path(__file__).resolve().parent / "data" / "volume"
+
+#: The small network and batches that the unit tests of ``denoise_volume`` train (CPU, seconds).
+TINY = DenoiseConfig(
+    max_steps=400,
+    batch_size=8,
+    crop_size=32,
+    unet_width=8,
+    unet_depth=2,
+    learning_rate=3e-3,
+    log_every_s=60,
+    device="cpu",
+    seed=3,
+)
 
 #: One torch thread per app run: on the 2 shared CPU cores of CI/dev machines the default (one thread per
 #: core) busy-waits against the other processes; measured here: 0.03 s per tiny training step with one

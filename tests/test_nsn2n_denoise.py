@@ -9,18 +9,7 @@ import scipy.ndimage as ndi
 import torch
 
 from nsn2n import ConfigError, DenoiseConfig, TrainedModel, VolumeError, api, denoise_volume
-
-TINY = DenoiseConfig(
-    max_steps=400,
-    batch_size=8,
-    crop_size=32,
-    unet_width=8,
-    unet_depth=2,
-    learning_rate=3e-3,
-    log_every_s=60,
-    device="cpu",
-    seed=3,
-)
+from tests.conftest import TINY
 
 
 def _phantom(depth: int = 8, size: int = 48) -> np.ndarray:

@@ -6,21 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from nsn2n import DenoiseConfig, api, denoise_volume
+from nsn2n import api, denoise_volume
 from nsn2n.noise import inplane_noise_sigma
 from nsn2n.rician import RAYLEIGH_MEAN, rician_mean, rician_signal
+from tests.conftest import TINY
 
-SMALL = DenoiseConfig(
-    max_steps=300,
-    batch_size=4,
-    crop_size=32,
-    unet_width=8,
-    unet_depth=2,
-    learning_rate=3e-3,
-    log_every_s=60,
-    device="cpu",
-    seed=1,
-)
+SMALL = dataclasses.replace(TINY, max_steps=300, batch_size=4, seed=1)
 
 
 def _rician(signal: np.ndarray, sigma: float, seed: int) -> np.ndarray:
