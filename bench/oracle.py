@@ -125,6 +125,6 @@ def fit_supervised_oracle(
     stats = train_network(
         network, sampler, recorrupted_step, config, steps=config.max_steps, device=device, label="oracle"
     )
-    out = infer_slices(network, normalised, device, config)
+    out = infer_slices(network, normalised, device, config, modality)
     denoised = to_input_units(normalizer, out, noisy, valid, modality)
     return OracleResult(denoised, str(device), stats, time.monotonic() - t)

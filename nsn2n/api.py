@@ -280,15 +280,17 @@ def infer_slices(
     normalised: np.ndarray,
     device: torch.device,
     config: DenoiseConfig,
+    modality: str,
     should_stop: ShouldStop | None = None,
 ) -> np.ndarray:
-    """The network on every slice of a normalised volume, with the configured batch, ensemble and precision."""
+    """The network on every slice of a normalised volume, with the configured batch, precision and the
+    self-ensemble of the modality and device (:meth:`DenoiseConfig.self_ensemble_for`)."""
     return denoise_slices(
         network,
         normalised,
         device=device,
         batch=config.inference_batch,
-        self_ensemble=config.self_ensemble,
+        self_ensemble=config.self_ensemble_for(modality, device.type),
         mixed_precision=config.mixed_precision,
         log_every_s=config.log_every_s,
         should_stop=should_stop,
@@ -631,7 +633,9 @@ def _infer(
     mapping.
     """
     t = time.monotonic()
-    out_norm = infer_slices(network, run.normalised, run.device, config, run.should_stop)
+    ensemble = config.self_ensemble_for(run.modality, run.device.type)
+    log.info("inference: %d slices%s", run.normalised.shape[0], ", self-ensemble of 8 flips/rotations" * ensemble)
+    out_norm = infer_slices(network, run.normalised, run.device, config, run.modality, run.should_stop)
     kept: dict[int, np.ndarray] = {}
     limits = residual_limits(
         run.normalised,
@@ -677,7 +681,7 @@ def _measure_noise(
             volume,
             device=run.device,
             batch=config.inference_batch,
-            self_ensemble=config.self_ensemble,
+            self_ensemble=config.self_ensemble_for(run.modality, run.device.type),
             mixed_precision=False,
             log_every_s=config.log_every_s,
             should_stop=run.should_stop,

@@ -168,6 +168,14 @@ def test_config_from_mapping_converts_strings_and_rejects_unknown_keys():
         DenoiseConfig.from_mapping({"max_steps": "many"})
 
 
+def test_self_ensemble_is_on_for_mr_and_on_a_gpu_unless_set():
+    default = DenoiseConfig()
+    assert default.self_ensemble_for("MR", "cpu") and default.self_ensemble_for("mr", "cuda")
+    assert default.self_ensemble_for("CT", "cuda") and not default.self_ensemble_for("CT", "cpu")
+    off, on = DenoiseConfig(self_ensemble=False), DenoiseConfig(self_ensemble=True)
+    assert not off.self_ensemble_for("MR", "cuda") and on.self_ensemble_for("CT", "cpu")
+
+
 def test_cuda_requested_without_gpu_is_a_config_error(noisy_case):
     import torch
 
