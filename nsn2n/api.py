@@ -634,7 +634,8 @@ def _infer(
     """
     t = time.monotonic()
     ensemble = config.self_ensemble_for(run.modality, run.device.type)
-    log.info("inference: %d slices%s", run.normalised.shape[0], ", self-ensemble of 8 flips/rotations" * ensemble)
+    note = ", self-ensemble of 8 flips/rotations" if ensemble else ""
+    log.info("inference: %d slices%s", run.normalised.shape[0], note)
     out_norm = infer_slices(network, run.normalised, run.device, config, run.modality, run.should_stop)
     kept: dict[int, np.ndarray] = {}
     limits = residual_limits(
