@@ -367,8 +367,9 @@ def denoise_volume(
     maps, noise_model, noise_stats, seconds_maps = _match_neighbours(run, config)
     network, formulation, stats, seconds_train = _train(run, maps, noise_model, config, initial_model, finetune_steps)
     evaluated = set(evaluation_slices(run.foreground, volume.shape[0]).tolist())
-    rician = _rician_correction_model(run, noise_model, config)
-    denoised, limits, seconds_inference = _infer(run, network, maps, config, evaluated, rician)
+    rician = _rician_correction(run, noise_model, noise_stats.level, config)
+    rician_model, rician_sigma = rician if rician is not None else (None, None)
+    denoised, limits, seconds_inference = _infer(run, network, maps, config, evaluated, rician_model)
     noise, seconds_noise = _measure_noise(run, network, noise_model, config, limits)
     timings = StageTimings(seconds_maps, seconds_train, seconds_inference, seconds_noise, time.monotonic() - t_start)
     log.info(
@@ -383,7 +384,6 @@ def denoise_volume(
     provenance = ModelProvenance()
     if initial_model is not None:
         provenance = ModelProvenance(initial_model.info.get("loaded_from"), finetune_steps)
-    rician_sigma = None if rician is None else rician.level(run.foreground) * run.normalizer.scale
     report = _report(run, config, maps, noise_stats, formulation, stats, provenance, timings, noise, rician_sigma)
     info = {"config": config.as_dict(), "training": report.as_dict()["training"]}
     if initial_model is not None:
@@ -587,12 +587,15 @@ def _unit(modality: str) -> str:
     return "HU" if modality == "CT" else "a.u."
 
 
-def _rician_correction_model(run: _Run, noise_model: NoiseModel, config: DenoiseConfig) -> NoiseModel | None:
-    """The noise model whose foreground level the output's Rician correction uses (:mod:`nsn2n.rician`), or
-    ``None`` where the run does not correct.
+def _rician_correction(
+    run: _Run, noise_model: NoiseModel, level: float, config: DenoiseConfig
+) -> tuple[NoiseModel, float] | None:
+    """``(the noise model whose foreground level the output's Rician correction uses, that level in the
+    input's units)`` (:mod:`nsn2n.rician`), or ``None`` where the run does not correct.
 
     It corrects MR magnitude data (no negative values, so the normalisation's offset is 0 and 0 stays 0)
-    with the setting on. The level is the noise model's, capped at the in-plane bound
+    with the setting on. ``level`` is the noise model's foreground level in the input's units (the run's
+    :class:`NoiseModelStats`); the level used is that, capped at the in-plane bound
     (:func:`nsn2n.noise.inplane_noise_sigma`): on thick slices anatomy that changes between them raises
     the paired-slice level, and a level set too high maps dark tissue to zero, while one set too low only
     leaves part of the floor. No correction without a positive, finite level and bound.
@@ -602,18 +605,13 @@ def _rician_correction_model(run: _Run, noise_model: NoiseModel, config: Denoise
     blocks = noise_model.sigma_blocks
     if not (np.all(np.isfinite(blocks)) and np.all(blocks > 0)):
         return None
-    level = noise_model.level(run.foreground)
-    bound = inplane_noise_sigma(run.normalised, run.foreground)
+    bound = inplane_noise_sigma(run.normalised, run.foreground) * run.normalizer.scale
     if not (math.isfinite(bound) and bound > 0 and math.isfinite(level) and level > 0):
         return None
     factor = min(1.0, bound / level)
-    log.info(
-        "Rician bias correction at %.4g a.u. (noise model %.4g, in-plane bound %.4g)",
-        factor * level * run.normalizer.scale,
-        level * run.normalizer.scale,
-        bound * run.normalizer.scale,
-    )
-    return noise_model if factor == 1.0 else noise_model.scaled(factor)
+    used = factor * level
+    log.info("Rician bias correction at %.4g a.u. (noise model %.4g, in-plane bound %.4g)", used, level, bound)
+    return (noise_model if factor == 1.0 else noise_model.scaled(factor)), used
 
 
 def _infer(
