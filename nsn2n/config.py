@@ -51,6 +51,9 @@ class ConfigError(ValueError):
 Device = Literal["auto", "cpu", "cuda"]
 Formulation = Literal["recorrupted", "paper"]
 
+#: :attr:`DenoiseConfig.nonlocal_weight` when it is ``None``, per modality (others: the MR value).
+NONLOCAL_WEIGHT_DEFAULT: dict[str, float] = {"CT": 0.35, "MR": 0.5}
+
 
 @dataclass(frozen=True)
 class DenoiseConfig:
@@ -126,6 +129,12 @@ class DenoiseConfig:
             noise model's level capped at an in-plane bound (:mod:`nsn2n.rician`): a denoiser that learns
             from noisy data alone keeps the noise floor (1.25 sigma in air, less in dark tissue). Other
             series are never changed.
+        nonlocal_weight: the output is ``(1 - w)`` times the network's output plus ``w`` times a 3-D
+            non-local means of the input (:mod:`nsn2n.nonlocal_means`, with the noise model's local
+            level), after the residual clip and before the Rician correction; 0 = the network alone.
+            The two make different errors, so their blend is better than either where the noise is
+            white. ``None`` (default): NONLOCAL_DEFAULT_PLACEHOLDER. See :meth:`nonlocal_weight_for`.
+        nonlocal_h_factor: width of the non-local means' weights in units of the local noise sigma.
 
     Runtime
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
@@ -171,6 +180,8 @@ class DenoiseConfig:
     residual_clip_k: float | None = 3.0
     residual_clip_unmatched_k: float | None = 1.5
     rician_bias_correction: bool = True
+    nonlocal_weight: float | None = None
+    nonlocal_h_factor: float = 0.8
 
     device: Device = "auto"
     mixed_precision: bool = True
@@ -206,6 +217,11 @@ class DenoiseConfig:
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value <= 0):
                 raise ConfigError(name, f"must be a positive number or null, got {value}")
+        weight = self.nonlocal_weight
+        if weight is not None and not (math.isfinite(weight) and 0 <= weight <= 1):
+            raise ConfigError("nonlocal_weight", f"must be in [0, 1] or null, got {weight}")
+        if not (math.isfinite(self.nonlocal_h_factor) and 0 < self.nonlocal_h_factor <= 5):
+            raise ConfigError("nonlocal_h_factor", f"must be in (0, 5], got {self.nonlocal_h_factor}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError("num_threads", f"must be >= 1 or null, got {self.num_threads}")
 
@@ -215,6 +231,12 @@ class DenoiseConfig:
         if self.self_ensemble is not None:
             return self.self_ensemble
         return modality.upper() != "CT" or device_type == "cuda"
+
+    def nonlocal_weight_for(self, modality: str) -> float:
+        """:attr:`nonlocal_weight`, or its modality default when it is ``None``."""
+        if self.nonlocal_weight is not None:
+            return self.nonlocal_weight
+        return NONLOCAL_WEIGHT_DEFAULT.get(modality.upper(), NONLOCAL_WEIGHT_DEFAULT["MR"])
 
     def sigma_scale_for(self, modality: str) -> float:
         """:attr:`recorruption_sigma_scale`, or its modality default when it is ``None``."""

@@ -1,0 +1,106 @@
+"""Non-local means (nsn2n.nonlocal_means) and its blend with the network's output in denoise_volume."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from nsn2n import ConfigError, DenoiseConfig, denoise_volume
+from nsn2n.nonlocal_means import NonLocalMeansParams, nonlocal_means
+from tests.conftest import TINY
+
+
+def _phantom(shape=(12, 40, 36)) -> np.ndarray:
+    """Piecewise-constant volume: a sphere and a slab on a background (values 0, 1, 1.6)."""
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    sphere = (z - shape[0] / 2) ** 2 + (y - 18) ** 2 + (x - 14) ** 2 < 8**2
+    return (sphere * 1.0 + (x > 26) * 1.6).astype(np.float32)
+
+
+def test_a_constant_volume_stays_constant():
+    volume = torch.full((6, 20, 24), 3.5)
+    out = nonlocal_means(volume, torch.full_like(volume, 0.2))
+    torch.testing.assert_close(out, volume)
+
+
+def test_with_flat_weights_it_is_the_mean_over_the_mirrored_search_cube():
+    # h far above every patch distance: every neighbour has weight 1, so the output is the box mean over
+    # the (2s+1)^3 search cube of the volume mirrored at its faces (scipy's "mirror" = torch's "reflect").
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(9, 16, 14)).astype(np.float32)
+    params = NonLocalMeansParams(patch_radius=1, search_radius=2, h_factor=1e6)
+    out = nonlocal_means(torch.from_numpy(volume), torch.ones(volume.shape), params).numpy()
+    expected = ndimage.uniform_filter(volume.astype(np.float64), size=5, mode="mirror")
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_it_removes_white_noise_and_keeps_edges():
+    clean = _phantom()
+    sigma = 0.2
+    noisy = clean + np.random.default_rng(1).normal(0, sigma, clean.shape).astype(np.float32)
+    out = nonlocal_means(torch.from_numpy(noisy), torch.full(clean.shape, sigma)).numpy()
+    rmse_in = np.sqrt(np.mean((noisy - clean) ** 2))
+    rmse_out = np.sqrt(np.mean((out - clean) ** 2))
+    assert rmse_out < 0.4 * rmse_in
+    # The 1.6 step between the background and the slab survives (a box mean of 7 would halve it at x = 26/27).
+    step = out[2:-2, 5:-5, 28].mean() - out[2:-2, 5:-5, 25].mean()
+    assert step == pytest.approx(1.6, abs=0.1)
+
+
+def test_the_local_level_sets_how_much_is_averaged():
+    # The same noisy volume filtered with a level 4x too low keeps most of its noise.
+    clean = _phantom()
+    noisy = clean + np.random.default_rng(2).normal(0, 0.2, clean.shape).astype(np.float32)
+    right = nonlocal_means(torch.from_numpy(noisy), torch.full(clean.shape, 0.2)).numpy()
+    low = nonlocal_means(torch.from_numpy(noisy), torch.full(clean.shape, 0.05)).numpy()
+    assert np.sqrt(np.mean((low - clean) ** 2)) > 2 * np.sqrt(np.mean((right - clean) ** 2))
+
+
+def test_chosen_slices_and_slabs_give_the_same_values_as_the_whole_volume():
+    rng = np.random.default_rng(3)
+    volume = torch.from_numpy((_phantom() + rng.normal(0, 0.2, _phantom().shape)).astype(np.float32))
+    sigma = torch.full(volume.shape, 0.2)
+    whole = nonlocal_means(volume, sigma)
+    picked = [0, 1, 2, 3, 7, 11]
+    part = nonlocal_means(volume, sigma, NonLocalMeansParams(slab=2), slices=picked)
+    torch.testing.assert_close(part, whole[picked], atol=1e-5, rtol=1e-5)
+
+
+def test_it_rejects_bad_input():
+    volume = torch.zeros(4, 8, 8)
+    with pytest.raises(ValueError, match="same shape"):
+        nonlocal_means(volume, torch.zeros(4, 8, 7))
+    with pytest.raises(ValueError, match="out of range"):
+        nonlocal_means(volume, torch.ones_like(volume), slices=[4])
+    with pytest.raises(ValueError, match="h_factor"):
+        NonLocalMeansParams(h_factor=0.0)
+
+
+def test_the_weight_is_validated():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match="nonlocal_weight"):
+            DenoiseConfig(nonlocal_weight=bad)
+    with pytest.raises(ConfigError, match="nonlocal_h_factor"):
+        DenoiseConfig(nonlocal_h_factor=0.0)
+    assert DenoiseConfig(nonlocal_weight=0.25).nonlocal_weight_for("CT") == 0.25
+
+
+def test_the_output_is_the_convex_blend_of_the_network_and_the_filter():
+    # One trained network, three inference-only runs (weights 0, 1 and 0.3): the blend is exactly the
+    # convex combination of the other two (CT: no Rician correction after it; padding-free float input).
+    rng = np.random.default_rng(4)
+    clean = _phantom((8, 40, 36)) * 400.0 - 200.0
+    noisy = clean + rng.normal(0, 60.0, clean.shape).astype(np.float32)
+    config = dataclasses.replace(TINY, max_steps=30, nonlocal_weight=0.0)
+    trained = denoise_volume(noisy, (2.0, 1.0, 1.0), "CT", config)
+    runs = {
+        w: denoise_volume(
+            noisy, (2.0, 1.0, 1.0), "CT", dataclasses.replace(config, nonlocal_weight=w), initial_model=trained.model
+        ).denoised
+        for w in (0.0, 1.0, 0.3)
+    }
+    np.testing.assert_allclose(runs[0.0], trained.denoised, atol=1e-3)
+    np.testing.assert_allclose(runs[0.3], 0.7 * runs[0.0] + 0.3 * runs[1.0], atol=0.05)
+    assert np.sqrt(np.mean((runs[1.0] - clean) ** 2)) < 0.6 * 60.0  # the filter alone denoises
