@@ -39,6 +39,7 @@ TINY = DenoiseConfig(
     log_every_s=60,
     device="cpu",
     seed=3,
+    nonlocal_weight=0.0,  # the network alone: the blend has its own tests (test_nsn2n_nonlocal.py)
 )
 
 #: One torch thread per app run: on the 2 shared CPU cores of CI/dev machines the default (one thread per
