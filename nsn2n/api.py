@@ -368,9 +368,10 @@ def denoise_volume(
     maps, noise_model, noise_stats, seconds_maps = _match_neighbours(run, config)
     network, formulation, stats, seconds_train = _train(run, maps, noise_model, config, initial_model, finetune_steps)
     evaluated = set(evaluation_slices(run.foreground, volume.shape[0]).tolist())
-    rician = _rician_correction(run, noise_model, noise_stats.level, config)
+    stationary = None if run.modality == "CT" else _capped_level(run, noise_stats.level)
+    rician = _rician_correction(run, noise_model, noise_stats.level, stationary, config)
     rician_model, rician_sigma = rician if rician is not None else (None, None)
-    blend = _nonlocal_blend(run, noise_model, noise_stats.level, config)
+    blend = _nonlocal_blend(run, noise_model, stationary, config)
     denoised, limits, seconds_inference = _infer(run, network, maps, config, evaluated, rician_model, blend)
     noise, seconds_noise = _measure_noise(run, network, noise_model, config, limits, blend)
     timings = StageTimings(seconds_maps, seconds_train, seconds_inference, seconds_noise, time.monotonic() - t_start)
@@ -591,7 +592,8 @@ def _unit(modality: str) -> str:
 
 def _capped_level(run: _Run, level: float) -> tuple[float, float] | None:
     """``(level capped at the in-plane bound, the bound)`` in the input's units, or ``None`` without a
-    positive, finite level and bound: the stationary noise level of an MR series.
+    positive, finite level and bound: the stationary noise level of an MR series, which the Rician
+    correction and the non-local means blend share (computed once per run: the bound reads every slice).
 
     ``level`` is the noise model's foreground level (the run's :class:`NoiseModelStats`). On thick slices
     anatomy that changes between them raises the paired-slice level; the in-plane bound
@@ -604,24 +606,30 @@ def _capped_level(run: _Run, level: float) -> tuple[float, float] | None:
     return min(level, bound), bound
 
 
+def _levels_usable(noise_model: NoiseModel) -> bool:
+    """Whether every block level of ``noise_model`` is positive and finite (a level to scale or filter with)."""
+    blocks = noise_model.sigma_blocks
+    return bool(np.all(np.isfinite(blocks)) and np.all(blocks > 0))
+
+
 def _rician_correction(
-    run: _Run, noise_model: NoiseModel, level: float, config: DenoiseConfig
+    run: _Run,
+    noise_model: NoiseModel,
+    level: float,
+    capped: tuple[float, float] | None,
+    config: DenoiseConfig,
 ) -> tuple[NoiseModel, float] | None:
     """``(the noise model whose foreground level the output's Rician correction uses, that level in the
     input's units)`` (:mod:`nsn2n.rician`), or ``None`` where the run does not correct.
 
     It corrects MR magnitude data (no negative values, so the normalisation's offset is 0 and 0 stays 0)
-    with the setting on, at the noise model's foreground level capped at the in-plane bound
-    (:func:`_capped_level`): a level set too high maps dark tissue to zero, while one set too low only
-    leaves part of the floor. No correction without a positive, finite level and bound.
+    with the setting on, at the noise model's foreground level ``level`` capped at the in-plane bound
+    (``capped``, from :func:`_capped_level`): a level set too high maps dark tissue to zero, while one
+    set too low only leaves part of the floor. No correction without a positive, finite level and bound.
     """
     if not (config.rician_bias_correction and run.modality == "MR" and run.normalizer.offset == 0.0):
         return None
-    blocks = noise_model.sigma_blocks
-    if not (np.all(np.isfinite(blocks)) and np.all(blocks > 0)):
-        return None
-    capped = _capped_level(run, level)
-    if capped is None:
+    if capped is None or not _levels_usable(noise_model):
         return None
     used, bound = capped
     log.info("Rician bias correction at %.4g a.u. (noise model %.4g, in-plane bound %.4g)", used, level, bound)
@@ -631,12 +639,12 @@ def _rician_correction(
 @dataclass(frozen=True)
 class NonLocalBlend:
     """``(1 - weight) * network output + weight * non-local means of the input`` (:mod:`nsn2n.nonlocal_means`)
-    on normalised slices, with the noise model's local level (each pixel its class's); padding keeps the
-    network's value (the output restores the input there).
+    on normalised slices, with the noise level ``sigma`` (:func:`_nonlocal_blend` says which); padding
+    keeps the network's value (the output restores the input there).
 
     Attributes:
         weight: of the non-local means, in (0, 1].
-        sigma: (D, H, W) float32 local noise level, normalised units, on ``device``.
+        sigma: (D, H, W) float32 noise level, normalised units, on ``device``.
         params: the filter's parameters.
         device: where the filter runs (the run's device).
     """
@@ -653,25 +661,27 @@ class NonLocalBlend:
         return ((1.0 - self.weight) * network_out + self.weight * filtered).astype(np.float32)
 
 
-def _nonlocal_blend(run: _Run, noise_model: NoiseModel, level: float, config: DenoiseConfig) -> NonLocalBlend | None:
+def _nonlocal_blend(
+    run: _Run, noise_model: NoiseModel, capped: tuple[float, float] | None, config: DenoiseConfig
+) -> NonLocalBlend | None:
     """The run's :class:`NonLocalBlend`, or ``None`` where its weight is 0 or there is no noise level.
 
     The filter's noise level: on CT the noise model's local level (each pixel its class's), since CT
     noise grows towards the middle of the body and behind dense anatomy; on other modalities one level,
-    the foreground level capped at the in-plane bound (:func:`_capped_level`): MR noise is stationary,
+    the foreground level capped at the in-plane bound (``capped``, :func:`_capped_level`): MR noise is stationary,
     and the block levels of thick MR slices count anatomy that changes between them (on the thick MR of
     the benchmark's tuning set they ranged from 5 to 29 against a true 11.8, and the filter with them
     removed little noise).
     """
     weight = config.nonlocal_weight_for(run.modality)
-    blocks = noise_model.sigma_blocks
-    if weight == 0.0 or not (np.all(np.isfinite(blocks)) and np.all(blocks > 0)):
+    if weight == 0.0:
         return None
     if run.modality == "CT":
+        if not _levels_usable(noise_model):
+            return None
         maps = noise_model.sigma_maps(run.device)
         sigma = torch.stack([maps.slice(z) for z in range(run.normalised.shape[0])])
     else:
-        capped = _capped_level(run, level)
         if capped is None:
             return None
         sigma = torch.full(run.normalised.shape, capped[0] / run.normalizer.scale, device=run.device)

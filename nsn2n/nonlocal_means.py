@@ -76,11 +76,20 @@ def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     return x
 
 
-def _pad(volume: torch.Tensor, reach: int) -> torch.Tensor:
-    """Mirror ``reach`` voxels on every side (replicate where an axis is too short to mirror)."""
+def _padded_slab(volume: torch.Tensor, z0: int, z1: int, reach: int) -> torch.Tensor:
+    """Slices ``z0 - reach .. z1 + reach`` of ``volume`` with ``reach`` voxels added on every side, as if
+    the whole volume had been mirrored at its faces (replicated where an axis is too short to mirror):
+    only the slab is copied, so filtering a few slices does not copy the whole volume."""
     d, h, w = volume.shape
-    mode = "reflect" if min(d, h, w) > reach else "replicate"
-    return F.pad(volume[None, None], (reach,) * 6, mode=mode)[0, 0]
+    mirror = min(d, h, w) > reach
+    rows = torch.arange(z0 - reach, z1 + reach, device=volume.device)
+    if mirror:
+        rows = torch.where(rows < 0, -rows, rows)
+        rows = torch.where(rows > d - 1, 2 * (d - 1) - rows, rows)
+    else:
+        rows = rows.clamp(0, d - 1)
+    slab = volume.index_select(0, rows).float()
+    return F.pad(slab[None], (reach,) * 4, mode="reflect" if mirror else "replicate")[0]
 
 
 def _offsets(radius: int) -> list[tuple[int, int, int]]:
@@ -108,7 +117,6 @@ def nonlocal_means(
     if any(not 0 <= z < depth for z in wanted):
         raise ValueError(f"slices out of range 0..{depth - 1}: {wanted}")
     reach, p, s = params.reach, params.patch_radius, params.search_radius
-    padded = _pad(volume.float(), reach)
     out = torch.empty((len(wanted), *volume.shape[1:]), dtype=torch.float32, device=volume.device)
     # Runs of consecutive wanted slices, cut into slabs.
     runs: list[list[int]] = []
@@ -119,7 +127,8 @@ def nonlocal_means(
             runs.append([index])
     for run in runs:
         z0, z1 = wanted[run[0]], wanted[run[-1]] + 1
-        filtered = _filter_slab(padded[z0 : z1 + 2 * reach], sigma[z0:z1].float(), p, s, params.h_factor)
+        padded = _padded_slab(volume, z0, z1, reach)
+        filtered = _filter_slab(padded, sigma[z0:z1].float(), p, s, params.h_factor)
         out[run[0] : run[-1] + 1] = filtered
     return out
 
