@@ -21,13 +21,14 @@ import torch
 from . import __version__
 from .config import ConfigError, DenoiseConfig
 from .error_estimate import ErrorEstimate, estimate_error, evaluation_slices
-from .errors import ShouldStop, VolumeError
+from .errors import ShouldStop, StopRequested, VolumeError
 from .inference import denoise_slices, network_context
 from .intensity import IntensityNormalizer, output_range
 from .noise import inplane_noise_sigma
 from .noise_model import NoiseModel, estimate_noise_model, outer_pair_weights
 from .nonlocal_means import NonLocalMeansParams, nonlocal_means
 from .precision import precision_name
+from .progress import ProgressLog
 from .report import (
     METHODS,
     DenoiseReport,
@@ -654,10 +655,31 @@ class NonLocalBlend:
     params: NonLocalMeansParams
     device: torch.device
 
-    def __call__(self, volume: np.ndarray, network_out: np.ndarray, slices: np.ndarray) -> np.ndarray:
-        """Blend ``network_out`` (len(slices), H, W) with the filter of ``volume`` (D, H, W) at ``slices``."""
+    def __call__(
+        self,
+        volume: np.ndarray,
+        network_out: np.ndarray,
+        slices: np.ndarray,
+        should_stop: ShouldStop | None = None,
+        log_every_s: float | None = None,
+    ) -> np.ndarray:
+        """Blend ``network_out`` (len(slices), H, W) with the filter of ``volume`` (D, H, W) at ``slices``.
+
+        ``should_stop`` is asked before every slab (:class:`StopRequested`); with ``log_every_s`` the
+        filter logs its progress."""
+        progress = None if log_every_s is None else ProgressLog("non-local means", len(slices), log_every_s)
+
+        def before_slab(done: int, total: int) -> None:
+            if should_stop is not None and should_stop():
+                raise StopRequested(f"non-local means: stopped before slice {done + 1} of {total}")
+            if progress is not None:
+                progress.update(done)
+
         volume_t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(self.device)
-        filtered = nonlocal_means(volume_t, self.sigma, self.params, slices=[int(z) for z in slices]).cpu().numpy()
+        wanted = [int(z) for z in slices]
+        filtered = nonlocal_means(volume_t, self.sigma, self.params, wanted, before_slab).cpu().numpy()
+        if progress is not None:
+            progress.update(len(wanted))
         return ((1.0 - self.weight) * network_out + self.weight * filtered).astype(np.float32)
 
 
@@ -673,7 +695,7 @@ def _nonlocal_blend(
     the benchmark's tuning set they ranged from 5 to 29 against a true 11.8, and the filter with them
     removed little noise).
     """
-    weight = config.nonlocal_weight_for(run.modality)
+    weight = config.nonlocal_weight_for(run.modality, run.device.type)
     if weight == 0.0:
         return None
     if run.modality == "CT":
@@ -727,7 +749,7 @@ def _infer(
         if z in keep:
             kept[z] = limit
     if blend is not None:
-        out_norm = blend(run.normalised, out_norm, np.arange(out_norm.shape[0]))
+        out_norm = blend(run.normalised, out_norm, np.arange(out_norm.shape[0]), run.should_stop, config.log_every_s)
     if rician is not None:
         for z in range(out_norm.shape[0]):
             out_norm[z] = rician_signal(out_norm[z], rician.foreground_sigma_map(z))
@@ -771,7 +793,7 @@ def _measure_noise(
         if limits:
             for i, z in enumerate(slices):
                 raw[i] = clip_change(volume[z], raw[i], limits[int(z)])
-        return raw if blend is None else blend(volume, raw, slices)
+        return raw if blend is None else blend(volume, raw, slices, run.should_stop)
 
     estimate = estimate_error(network_and_clip, run.normalised, noise_model, run.foreground, perturb_in_place=True)
     usable = _error_estimate_is_consistent(estimate)

@@ -6,13 +6,14 @@ the two voxels: ``w = exp(-max(d^2 - 2 sigma^2, 0) / h^2)`` with ``h = h_factor 
 noise level at the voxel (Buades, Coll & Morel 2005; the 3-D, noise-adapted form of Coupe et al., IEEE
 TMI 27(4), 2008; the same weight as scikit-image's ``denoise_nl_means`` in its fast mode). Two patches of
 the same anatomy differ by the noise alone, ``E[d^2] = 2 sigma^2``, so subtracting it gives such pairs full
-weight whatever the noise level. The noise level is local (the noise model's, CT noise varies across the
-body), and the voxel itself is a neighbour of weight 1.
+weight whatever the noise level. The level is given per voxel (the caller decides: the run uses the
+noise model's local level on CT, whose noise varies across the body, and one level on MR), and the voxel
+itself is a neighbour of weight 1.
 
 Why a classical filter beside the network: non-local means averages many similar voxels across
 neighbouring slices, the network maps a few slices through a learned function; their errors are far
-from identical, and the blend of the two is better than either where the noise is white (MR; see
-:attr:`nsn2n.config.DenoiseConfig.nonlocal_weight` and bench/README.md for the measurements).
+from identical, and on every benchmark case the blend of the two was better than either
+(:attr:`nsn2n.config.DenoiseConfig.nonlocal_weight`; measurements in bench/README.md).
 
 Implementation: one pass per search offset over a slab of slices (the patch distances by a separable
 box filter of running sums), so memory stays a few slab-sized buffers whatever the volume's size, and
@@ -22,7 +23,7 @@ so each pair is computed once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,14 +39,15 @@ class NonLocalMeansParams:
     Attributes:
         patch_radius: ``p``: patches of ``(2 p + 1)^3`` voxels.
         search_radius: ``s``: neighbours within ``s`` voxels along each axis.
-        h_factor: the weight's width ``h`` in units of the local noise sigma.
+        h_factor: the weight's width ``h`` in units of the local noise sigma (the run passes
+            :attr:`nsn2n.config.DenoiseConfig.nonlocal_h_factor`; the same 0.8 here).
         slab: output slices computed per pass (memory: about ten float32 buffers of
             ``slab + 2 (p + s)`` slices).
     """
 
     patch_radius: int = 2
     search_radius: int = 3
-    h_factor: float = 0.55
+    h_factor: float = 0.8
     slab: int = 32
 
     def __post_init__(self) -> None:
@@ -104,11 +106,14 @@ def nonlocal_means(
     sigma: torch.Tensor,
     params: NonLocalMeansParams = NonLocalMeansParams(),
     slices: Sequence[int] | None = None,
+    before_slab: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Non-local means of ``volume`` (D, H, W) float32 with the local noise level ``sigma`` (same shape).
 
     Returns the filtered slices ``slices`` (all if ``None``) as a (len(slices), H, W) float32 tensor on
-    ``volume``'s device; every voxel of the volume can contribute to them.
+    ``volume``'s device; every voxel of the volume can contribute to them. ``before_slab(done, total)``
+    is called before each slab with the output slices done so far (progress, cancellation: whatever it
+    raises ends the filtering).
     """
     if volume.ndim != 3 or sigma.shape != volume.shape:
         raise ValueError(f"need a (D, H, W) volume and a sigma of the same shape, got {volume.shape}, {sigma.shape}")
@@ -126,6 +131,8 @@ def nonlocal_means(
         else:
             runs.append([index])
     for run in runs:
+        if before_slab is not None:
+            before_slab(run[0], len(wanted))
         z0, z1 = wanted[run[0]], wanted[run[-1]] + 1
         padded = _padded_slab(volume, z0, z1, reach)
         filtered = _filter_slab(padded, sigma[z0:z1].float(), p, s, params.h_factor)

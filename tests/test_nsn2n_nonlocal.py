@@ -8,6 +8,7 @@ import torch
 from scipy import ndimage
 
 from nsn2n import ConfigError, DenoiseConfig, denoise_volume
+from nsn2n.errors import StopRequested
 from nsn2n.nonlocal_means import NonLocalMeansParams, nonlocal_means
 from tests.conftest import TINY
 
@@ -84,7 +85,15 @@ def test_the_weight_is_validated():
             DenoiseConfig(nonlocal_weight=bad)
     with pytest.raises(ConfigError, match="nonlocal_h_factor"):
         DenoiseConfig(nonlocal_h_factor=0.0)
-    assert DenoiseConfig(nonlocal_weight=0.25).nonlocal_weight_for("CT") == 0.25
+    assert DenoiseConfig(nonlocal_weight=0.25).nonlocal_weight_for("CT", "cpu") == 0.25
+
+
+def test_the_default_weight_is_off_for_ct_on_a_cpu_only():
+    config = DenoiseConfig()
+    assert config.nonlocal_weight_for("CT", "cpu") == 0.0
+    assert config.nonlocal_weight_for("ct", "cuda") == 0.35
+    assert config.nonlocal_weight_for("MR", "cpu") == config.nonlocal_weight_for("MR", "cuda") == 0.5
+    assert config.nonlocal_weight_for("PT", "cpu") == 0.5
 
 
 def test_the_output_is_the_convex_blend_of_the_network_and_the_filter():
@@ -104,3 +113,19 @@ def test_the_output_is_the_convex_blend_of_the_network_and_the_filter():
     np.testing.assert_allclose(runs[0.0], trained.denoised, atol=1e-3)
     np.testing.assert_allclose(runs[0.3], 0.7 * runs[0.0] + 0.3 * runs[1.0], atol=0.05)
     assert np.sqrt(np.mean((runs[1.0] - clean) ** 2)) < 0.6 * 60.0  # the filter alone denoises
+
+
+def test_each_slab_is_announced_and_a_stop_ends_the_filtering():
+    volume = torch.from_numpy(_phantom((6, 20, 18)))
+    sigma = torch.full(volume.shape, 0.2)
+    calls: list[tuple[int, int]] = []
+    params = NonLocalMeansParams(slab=2)
+    nonlocal_means(volume, sigma, params, before_slab=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 6), (2, 6), (4, 6)]
+
+    def stop(done: int, total: int) -> None:
+        if done >= 2:
+            raise StopRequested("stop")
+
+    with pytest.raises(StopRequested):
+        nonlocal_means(volume, sigma, params, before_slab=stop)

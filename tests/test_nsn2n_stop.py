@@ -89,9 +89,10 @@ def test_a_hook_that_never_fires_changes_nothing() -> None:
     hook = StopAfter(10**9)
     hooked = denoise_volume(_volume(), (2.0, 1.0, 1.0), "MR", CONFIG, should_stop=hook).denoised
     assert np.array_equal(plain, hooked)
-    # once per training step, once per inference batch (6 slices / 2), and once per batch of the error
-    # estimate's three passes (the output and two probes) over the same 6 slices
-    assert hook.asked == CONFIG.max_steps + 3 + 3 * 3
+    # once per training step, once per inference batch (6 slices / 2), once per batch of the error
+    # estimate's three passes (the output and two probes) over the same 6 slices, and once per slab of the
+    # non-local means blend (MR: one slab of 6 slices in the output and in each of the three passes)
+    assert hook.asked == CONFIG.max_steps + 3 + 3 * 3 + 1 + 3
 
 
 def _model() -> TrainedModel:
