@@ -693,7 +693,8 @@ def _nonlocal_blend(
     the foreground level capped at the in-plane bound (``capped``, :func:`_capped_level`): MR noise is stationary,
     and the block levels of thick MR slices count anatomy that changes between them (on the thick MR of
     the benchmark's tuning set they ranged from 5 to 29 against a true 11.8, and the filter with them
-    removed little noise).
+    removed little noise). The patch and search box span about the same millimetres along every axis
+    (:meth:`NonLocalMeansParams.for_spacing`: thick slices get fewer slices of each).
     """
     weight = config.nonlocal_weight_for(run.modality, run.device.type)
     if weight == 0.0:
@@ -707,8 +708,14 @@ def _nonlocal_blend(
         if capped is None:
             return None
         sigma = torch.full(run.normalised.shape, capped[0] / run.normalizer.scale, device=run.device)
-    params = NonLocalMeansParams(h_factor=config.nonlocal_h_factor)
-    log.info("non-local means blend: weight %.2f, h %.2f sigma", weight, config.nonlocal_h_factor)
+    params = NonLocalMeansParams.for_spacing(run.spacing, h_factor=config.nonlocal_h_factor)
+    log.info(
+        "non-local means blend: weight %.2f, h %.2f sigma, patch radii %s, search radii %s (z, y, x voxels)",
+        weight,
+        config.nonlocal_h_factor,
+        params.patch_radii,
+        params.search_radii,
+    )
     return NonLocalBlend(weight, sigma, params, run.device)
 
 

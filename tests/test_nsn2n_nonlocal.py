@@ -37,6 +37,58 @@ def test_with_flat_weights_it_is_the_mean_over_the_mirrored_search_cube():
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
+def _brute_force(volume: np.ndarray, sigma: float, params: NonLocalMeansParams) -> np.ndarray:
+    """The rule of nsn2n.nonlocal_means written out voxel by voxel on the mirrored volume (float64)."""
+    (pz, py, px), (sz, sy, sx) = params.patch_radii, params.search_radii
+    r = params.reach
+    padded = np.pad(volume.astype(np.float64), r, mode="reflect")
+    h2 = (params.h_factor * sigma) ** 2
+    out = np.empty(volume.shape)
+    for z, y, x in np.ndindex(*volume.shape):
+        c = (z + r, y + r, x + r)
+        patch = padded[c[0] - pz : c[0] + pz + 1, c[1] - py : c[1] + py + 1, c[2] - px : c[2] + px + 1]
+        total = weights = 0.0
+        for dz, dy, dx in np.ndindex(2 * sz + 1, 2 * sy + 1, 2 * sx + 1):
+            n = (c[0] + dz - sz, c[1] + dy - sy, c[2] + dx - sx)
+            other = padded[n[0] - pz : n[0] + pz + 1, n[1] - py : n[1] + py + 1, n[2] - px : n[2] + px + 1]
+            distance = np.mean((patch - other) ** 2)
+            weight = np.exp(-max(distance - 2 * sigma**2, 0.0) / h2)
+            total += weight * padded[n]
+            weights += weight
+        out[z, y, x] = total / weights
+    return out
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        NonLocalMeansParams(patch_radius=1, search_radius=2),
+        NonLocalMeansParams(patch_radius=1, search_radius=2, patch_radius_z=0, search_radius_z=1),
+        NonLocalMeansParams(patch_radius=2, search_radius=1, patch_radius_z=1, search_radius_z=0, h_factor=1.3),
+    ],
+    ids=["isotropic", "thin-z", "no-z-search"],
+)
+def test_it_follows_the_rule_voxel_by_voxel(params):
+    # Against a direct, loop-by-loop reading of the module's rule, with patch and search radii that
+    # differ through the slices: the shifted-view patch distances and the pairing of offsets are exact.
+    rng = np.random.default_rng(4)
+    volume = (_phantom((7, 11, 10)) + rng.normal(0, 0.3, (7, 11, 10))).astype(np.float32)
+    out = nonlocal_means(torch.from_numpy(volume), torch.full(volume.shape, 0.3), params).numpy()
+    np.testing.assert_allclose(out, _brute_force(volume, 0.3, params), atol=2e-5)
+
+
+def test_without_search_through_the_slices_no_slice_borrows_from_another():
+    # search_radius_z = 0: the neighbours are in the voxel's own slice (the patches still span slices),
+    # so a slice of constant value comes out unchanged whatever its neighbours hold.
+    rng = np.random.default_rng(5)
+    volume = rng.normal(0, 1, (6, 12, 12)).astype(np.float32)
+    volume[3] = 2.0
+    params = NonLocalMeansParams(patch_radius=1, search_radius=2, search_radius_z=0)
+    out = nonlocal_means(torch.from_numpy(volume), torch.ones(volume.shape), params).numpy()
+    np.testing.assert_allclose(out[3], 2.0, atol=1e-6)
+    assert np.abs(out[2] - volume[2]).max() > 0.1
+
+
 def test_it_removes_white_noise_and_keeps_edges():
     clean = _phantom()
     sigma = 0.2
@@ -69,6 +121,29 @@ def test_chosen_slices_and_slabs_give_the_same_values_as_the_whole_volume():
     torch.testing.assert_close(part, whole[picked], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("spacing", "patch_radii", "search_radii"),
+    [
+        ((1.5, 1.5, 1.5), (2, 2, 2), (3, 3, 3)),  # isotropic: the cube
+        ((0.5, 1.0, 1.0), (2, 2, 2), (3, 3, 3)),  # slices thinner than pixels: never more than in-plane
+        ((4.5, 1.5, 1.5), (1, 2, 2), (1, 3, 3)),  # 3 pixels per slice: 2/3 -> 1 and 1
+        ((5.0, 1.0, 1.0), (0, 2, 2), (1, 3, 3)),  # 5 mm MR: one-slice patches, search the neighbours
+        ((10.0, 0.5, 0.5), (0, 2, 2), (1, 3, 3)),  # very thick: still the neighbouring slices
+        ((1.25, 0.7, 0.7), (1, 2, 2), (2, 3, 3)),  # 1.12 -> 1 and 1.68 -> 2
+    ],
+)
+def test_thick_slices_get_a_box_of_about_the_same_millimetres(spacing, patch_radii, search_radii):
+    params = NonLocalMeansParams.for_spacing(spacing, h_factor=0.7)
+    assert (params.patch_radii, params.search_radii, params.h_factor) == (patch_radii, search_radii, 0.7)
+
+
+def test_a_spacing_that_is_not_positive_is_refused():
+    with pytest.raises(ValueError, match="positive and finite"):
+        NonLocalMeansParams.for_spacing((0.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="positive and finite"):
+        NonLocalMeansParams.for_spacing((2.0, float("nan"), 1.0))
+
+
 def test_it_rejects_bad_input():
     volume = torch.zeros(4, 8, 8)
     with pytest.raises(ValueError, match="same shape"):
@@ -77,6 +152,8 @@ def test_it_rejects_bad_input():
         nonlocal_means(volume, torch.ones_like(volume), slices=[4])
     with pytest.raises(ValueError, match="h_factor"):
         NonLocalMeansParams(h_factor=0.0)
+    with pytest.raises(ValueError, match="search_radius_z"):
+        NonLocalMeansParams(search_radius_z=-1)
 
 
 def test_the_weight_is_validated():
