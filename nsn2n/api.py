@@ -696,7 +696,7 @@ def _nonlocal_blend(
     removed little noise). The patch and search box span about the same millimetres along every axis
     (:meth:`NonLocalMeansParams.for_spacing`: thick slices get fewer slices of each).
     """
-    weight = config.nonlocal_weight_for(run.modality, run.device.type)
+    weight = config.nonlocal_weight_for(run.modality)
     if weight == 0.0:
         return None
     if run.modality == "CT":

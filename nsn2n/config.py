@@ -51,8 +51,8 @@ class ConfigError(ValueError):
 Device = Literal["auto", "cpu", "cuda"]
 Formulation = Literal["recorrupted", "paper"]
 
-#: :attr:`DenoiseConfig.nonlocal_weight` when it is ``None``, per modality (others: the MR value); CT on a
-#: CPU runs the network alone (:meth:`DenoiseConfig.nonlocal_weight_for`).
+#: :attr:`DenoiseConfig.nonlocal_weight` when it is ``None``, per modality (others: the MR value;
+#: :meth:`DenoiseConfig.nonlocal_weight_for`).
 NONLOCAL_WEIGHT_DEFAULT: dict[str, float] = {"CT": 0.35, "MR": 0.5}
 
 
@@ -134,12 +134,13 @@ class DenoiseConfig:
             non-local means of the input (:mod:`nsn2n.nonlocal_means`; noise level: the noise model's
             local one on CT, one capped level on MR), after the residual clip and before the Rician
             correction; 0 = the network alone. The network and the filter make different errors, so
-            the blend beats either. ``None`` (default): 0.5 on MR and other non-CT modalities, 0.35 on
-            CT on a GPU (:data:`NONLOCAL_WEIGHT_DEFAULT`), chosen on the benchmark's tuning set, where every
-            case gained (0.27 to 1.7 dB; on MR 0.7 gained up to 0.2 dB more on thick slices, but the
-            filter's share also carries more edges into the difference image); 0 for CT on a CPU, where
-            a 300-slice 512 x 512 series took 641 s instead of 84 s on 2 cores (bench/results/speed-*.md)
-            for a CT gain of 0.1 to 0.6 dB. See :meth:`nonlocal_weight_for`.
+            the blend beats either. ``None`` (default): 0.35 on CT, 0.5 on MR and other modalities
+            (:data:`NONLOCAL_WEIGHT_DEFAULT`), chosen on the benchmark's tuning set, where every case
+            gained (0.27 to 1.7 dB; on MR 0.7 gained up to 0.2 dB more on thick slices, but the filter's
+            share also carries more edges into the difference image), on every device: on 2 CPU cores
+            it adds about 2 minutes to a 300-slice 512 x 512 CT series (bench/results/speed-cpu-2core.md),
+            for 0.1 to 0.4 dB in the body and 0.5 to 0.6 dB in the soft-tissue window. See
+            :meth:`nonlocal_weight_for`.
         nonlocal_h_factor: width of the non-local means' weights in units of the local noise sigma
             (0.8: better than 0.55 and 1.0 on the tuning set's blends).
 
@@ -239,13 +240,11 @@ class DenoiseConfig:
             return self.self_ensemble
         return modality.upper() != "CT" or device_type == "cuda"
 
-    def nonlocal_weight_for(self, modality: str, device_type: str) -> float:
+    def nonlocal_weight_for(self, modality: str) -> float:
         """:attr:`nonlocal_weight`, or its default when it is ``None``: :data:`NONLOCAL_WEIGHT_DEFAULT` of the
-        modality, except 0 for CT on a CPU (``device_type`` as ``torch.device.type``)."""
+        modality (MR's for modalities without their own)."""
         if self.nonlocal_weight is not None:
             return self.nonlocal_weight
-        if modality.upper() == "CT" and device_type != "cuda":
-            return 0.0
         return NONLOCAL_WEIGHT_DEFAULT.get(modality.upper(), NONLOCAL_WEIGHT_DEFAULT["MR"])
 
     def sigma_scale_for(self, modality: str) -> float:

@@ -162,15 +162,15 @@ def test_the_weight_is_validated():
             DenoiseConfig(nonlocal_weight=bad)
     with pytest.raises(ConfigError, match="nonlocal_h_factor"):
         DenoiseConfig(nonlocal_h_factor=0.0)
-    assert DenoiseConfig(nonlocal_weight=0.25).nonlocal_weight_for("CT", "cpu") == 0.25
+    assert DenoiseConfig(nonlocal_weight=0.25).nonlocal_weight_for("CT") == 0.25
+    assert DenoiseConfig(nonlocal_weight=0.0).nonlocal_weight_for("MR") == 0.0
 
 
-def test_the_default_weight_is_off_for_ct_on_a_cpu_only():
+def test_the_default_weight_is_the_modality_s():
     config = DenoiseConfig()
-    assert config.nonlocal_weight_for("CT", "cpu") == 0.0
-    assert config.nonlocal_weight_for("ct", "cuda") == 0.35
-    assert config.nonlocal_weight_for("MR", "cpu") == config.nonlocal_weight_for("MR", "cuda") == 0.5
-    assert config.nonlocal_weight_for("PT", "cpu") == 0.5
+    assert config.nonlocal_weight_for("CT") == config.nonlocal_weight_for("ct") == 0.35
+    assert config.nonlocal_weight_for("MR") == 0.5
+    assert config.nonlocal_weight_for("PT") == 0.5  # modalities without their own: MR's
 
 
 def test_the_output_is_the_convex_blend_of_the_network_and_the_filter():
