@@ -11,6 +11,7 @@ sources), so the noise-truth and removed-anatomy tables reuse what the quality r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -196,8 +197,12 @@ RUNNERS: dict[str, Callable[[Context], Outcome]] = {
 }
 
 
+@functools.cache
 def nsn2n_source_digest() -> str:
-    """sha256 (12 hex) of the imported nsn2n package's .py files: identifies the exact core that ran."""
+    """sha256 (12 hex) of the imported nsn2n package's .py files: identifies the exact core that ran.
+
+    Read once per process (the first call; ``bench.quality`` calls it at start): the package is imported
+    once, so an edit of its files while a long run goes on must not relabel that run's outputs."""
     import nsn2n
 
     digest = hashlib.sha256()

@@ -411,6 +411,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
     import nsn2n
     from bench.methods import nsn2n_source_digest
 
+    nsn2n_source_digest()  # the sources as imported, before a long run (bench.methods)
     preset = "quick" if args.quick else "full" if args.full else "default"
     overrides = dict(args.overrides)
     base_config = nsn2n.DenoiseConfig.from_mapping(overrides, source="--set")

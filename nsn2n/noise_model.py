@@ -67,6 +67,7 @@ from .noise import MAD_TO_SIGMA
 __all__ = [
     "BLOCK_PX",
     "MAX_LAG",
+    "WHITENING_FLOOR",
     "NoiseModel",
     "SigmaMaps",
     "block_sigma",
@@ -82,6 +83,9 @@ BLOCK_PX = 8
 SMOOTH_BLOCKS = 1.5
 #: Largest in-plane lag of the measured autocorrelation (pixels); the shaping kernel spans twice it + 3.
 MAX_LAG = 6
+#: Floor of the noise's amplitude response (its mean power is 1) below which :meth:`NoiseModel.whiten`
+#: stops raising its gain.
+WHITENING_FLOOR = 0.1
 _MIN_SUPPORT = 16.0  # qualifying pixels (after smoothing) a block needs for its own level
 _MIN_OUTER_FRACTION = 0.05  # below this fraction of matched outer-pair pixels, the pair's own map is used
 
@@ -354,6 +358,38 @@ class NoiseModel:
             total += float(np.square(values, dtype=np.float64).sum())
             count += values.size
         return math.sqrt(total / count) if count else float("nan")
+
+    def whiten(self, slices: torch.Tensor, floor: float = WHITENING_FLOOR) -> torch.Tensor:
+        """``slices`` (N, h, w) filtered in-plane so that noise of this model's correlation comes out white,
+        at the same level.
+
+        Rule: the zero-phase filter ``1 / max(|H|, floor)`` (``H``: the frequency response of
+        :attr:`kernel`, of unit mean power), scaled so that noise shaped by ``H`` keeps its variance; the
+        floor bounds the gain where the noise has almost no power (it keeps anatomy's fine detail from
+        being amplified without limit). Circular per slice, so pad the slices first where their borders
+        matter. White noise (a kernel of one tap) passes unchanged.
+        """
+        h, w = slices.shape[1:]
+        k = self.kernel.shape[0]
+        if k == 1:
+            return slices.clone()
+        taps = torch.zeros((h, w), dtype=torch.float32, device=slices.device)
+        kernel = torch.from_numpy(self.kernel).to(slices.device)
+        half = k // 2
+        rows = (torch.arange(k, device=slices.device) - half) % h
+        cols = (torch.arange(k, device=slices.device) - half) % w
+        taps.index_put_((rows[:, None].expand(k, k), cols[None, :].expand(k, k)), kernel, accumulate=True)
+        response = torch.fft.rfft2(taps).abs()
+        gain = 1.0 / response.clamp_min(floor)
+        # Keep noise of this correlation at its level: mean over all frequencies of |gain * H|^2 = 1
+        # (the rfft's half plane, its inner columns counted twice).
+        weights = torch.full_like(response, 2.0)
+        weights[:, 0] = 1.0
+        if w % 2 == 0:
+            weights[:, -1] = 1.0
+        power = float(((gain * response) ** 2 * weights).sum() / weights.sum())
+        gain = gain / math.sqrt(power)
+        return torch.fft.irfft2(torch.fft.rfft2(slices.float()) * gain, s=(h, w))
 
     def sample(self, sigma: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Synthetic noise shaped like the volume's, scaled by ``sigma`` ((N, h, w) tensor) pixel by pixel."""

@@ -154,13 +154,18 @@ def nonlocal_means(
     params: NonLocalMeansParams = NonLocalMeansParams(),
     slices: Sequence[int] | None = None,
     before_slab: Callable[[int, int], None] | None = None,
+    compare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Non-local means of ``volume`` (D, H, W) float32 with the local noise level ``sigma`` (same shape).
 
     Returns the filtered slices ``slices`` (all if ``None``) as a (len(slices), H, W) float32 tensor on
     ``volume``'s device; every voxel of the volume can contribute to them. ``before_slab(done, total)``
     is called before each slab with the output slices done so far (progress, cancellation: whatever it
-    raises ends the filtering).
+    raises ends the filtering). ``compare``: a map of each padded slab (slices, padded in-plane) to the
+    volume whose patches are compared, of the same shape and noise level (e.g. the slab whitened in-plane
+    when the noise is correlated, :meth:`nsn2n.noise_model.NoiseModel.whiten`); the averaged values are
+    always the volume's own. It must treat every slice alone, so that a slice's output does not depend on
+    which slab it came in.
     """
     if volume.ndim != 3 or sigma.shape != volume.shape:
         raise ValueError(f"need a (D, H, W) volume and a sigma of the same shape, got {volume.shape}, {sigma.shape}")
@@ -182,13 +187,19 @@ def nonlocal_means(
             before_slab(run[0], len(wanted))
         z0, z1 = wanted[run[0]], wanted[run[-1]] + 1
         padded = _padded_slab(volume, z0, z1, reach)
-        filtered = _filter_slab(padded, sigma[z0:z1].float(), reach, params)
+        compared = padded if compare is None else compare(padded)
+        if compared.shape != padded.shape:
+            raise ValueError(f"compare changed the slab's shape from {padded.shape} to {compared.shape}")
+        filtered = _filter_slab(padded, compared, sigma[z0:z1].float(), reach, params)
         out[run[0] : run[-1] + 1] = filtered
     return out
 
 
-def _filter_slab(padded: torch.Tensor, sigma: torch.Tensor, r: int, params: NonLocalMeansParams) -> torch.Tensor:
-    """Filter the centre ``sigma.shape`` voxels of a slab padded by ``r`` (``params.reach``) on every side.
+def _filter_slab(
+    padded: torch.Tensor, compared: torch.Tensor, sigma: torch.Tensor, r: int, params: NonLocalMeansParams
+) -> torch.Tensor:
+    """Filter the centre ``sigma.shape`` voxels of a slab padded by ``r`` (``params.reach``) on every side,
+    comparing the patches of ``compared`` (``padded`` itself, or a map of it) and averaging ``padded``.
 
     Output voxel ``x`` sits at padded index ``x + r``. For an offset ``o`` the squared differences
     ``e[v] = (P[v] - P[v + o])^2``, box-summed, give the patch distance of every pair ``(u, u + o)``; the
@@ -209,8 +220,8 @@ def _filter_slab(padded: torch.Tensor, sigma: torch.Tensor, r: int, params: NonL
     for offset in _offsets(params.search_radii):
         axes = list(zip(offset, shape, radii, strict=True))
         low = [r - p + min(0, -o) for o, _, p in axes]
-        here = padded[tuple(slice(lo, lo + n + 2 * p + abs(o)) for lo, (o, n, p) in zip(low, axes, strict=True))]
-        there = padded[
+        here = compared[tuple(slice(lo, lo + n + 2 * p + abs(o)) for lo, (o, n, p) in zip(low, axes, strict=True))]
+        there = compared[
             tuple(slice(lo + o, lo + o + n + 2 * p + abs(o)) for lo, (o, n, p) in zip(low, axes, strict=True))
         ]
         distance = _box_sum((here - there).square_(), radii)  # index k: the patch centred at low + k + p

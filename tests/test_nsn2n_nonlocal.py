@@ -77,6 +77,23 @@ def test_it_follows_the_rule_voxel_by_voxel(params):
     np.testing.assert_allclose(out, _brute_force(volume, 0.3, params), atol=2e-5)
 
 
+def test_patches_can_be_compared_on_a_map_of_the_volume():
+    # Compared on a constant, every patch matches every other: each voxel becomes the plain mean over its
+    # search cube of the volume itself (mirrored at the faces), whatever the volume's own patches are.
+    rng = np.random.default_rng(6)
+    volume = rng.normal(size=(9, 16, 14)).astype(np.float32)
+    params = NonLocalMeansParams(patch_radius=1, search_radius=2)
+    out = nonlocal_means(
+        torch.from_numpy(volume), torch.ones(volume.shape), params, compare=lambda slab: torch.zeros_like(slab)
+    ).numpy()
+    expected = ndimage.uniform_filter(volume.astype(np.float64), size=5, mode="mirror")
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    same = nonlocal_means(torch.from_numpy(volume), torch.ones(volume.shape), params, compare=lambda slab: slab)
+    torch.testing.assert_close(same, nonlocal_means(torch.from_numpy(volume), torch.ones(volume.shape), params))
+    with pytest.raises(ValueError, match="shape"):
+        nonlocal_means(torch.from_numpy(volume), torch.ones(volume.shape), params, compare=lambda slab: slab[1:])
+
+
 def test_without_search_through_the_slices_no_slice_borrows_from_another():
     # search_radius_z = 0: the neighbours are in the voxel's own slice (the patches still span slices),
     # so a slice of constant value comes out unchanged whatever its neighbours hold.
@@ -142,6 +159,32 @@ def test_a_spacing_that_is_not_positive_is_refused():
         NonLocalMeansParams.for_spacing((0.0, 1.0, 1.0))
     with pytest.raises(ValueError, match="positive and finite"):
         NonLocalMeansParams.for_spacing((2.0, float("nan"), 1.0))
+
+
+def test_patches_are_compared_whitened_for_correlated_noise_and_3d_patches_only():
+    from nsn2n.api import WHITENING_MIN_CORRELATION, _whitened_comparison, _whitens_comparison
+    from nsn2n.noise_model import NoiseModel
+
+    lags = np.arange(-6, 7)
+    r2 = lags[:, None] ** 2 + lags[None, :] ** 2
+
+    def model(lag1: float) -> NoiseModel:
+        return NoiseModel(np.ones((1, 4, 4), np.float32), np.ones((1, 1), np.float32), (1, 32, 32), lag1, "test")
+
+    thin, thick = NonLocalMeansParams.for_spacing((1.5, 1.5, 1.5)), NonLocalMeansParams.for_spacing((5.0, 1.0, 1.0))
+    assert _whitens_comparison(model(0.65), thin)  # CT-like noise, 5-slice patches
+    assert not _whitens_comparison(model(0.65), thick)  # single-slice patches
+    assert not _whitens_comparison(model(0.02), thin)  # MR-like white noise
+    assert _whitens_comparison(model(WHITENING_MIN_CORRELATION), thin)
+    # The map keeps a slab's shape, and leaves a slab of white noise's model as it is.
+    slab = torch.from_numpy(np.random.default_rng(7).normal(size=(5, 20, 18)).astype(np.float32))
+    torch.testing.assert_close(_whitened_comparison(model(0.0))(slab), slab, atol=1e-5, rtol=0)
+    from nsn2n.noise_model import correlation_kernel
+
+    blotchy = NoiseModel(
+        np.ones((1, 4, 4), np.float32), correlation_kernel(np.exp(-r2 / 2.0)), (1, 32, 32), 0.6, "test"
+    )
+    assert _whitened_comparison(blotchy)(slab).shape == slab.shape
 
 
 def test_it_rejects_bad_input():

@@ -142,6 +142,32 @@ def test_samples_have_the_requested_level_and_the_model_correlation():
     assert abs(np.corrcoef(z[:, 1:, :].ravel(), z[:, :-1, :].ravel())[0, 1]) < 0.02
 
 
+def test_whitening_makes_the_model_s_noise_white_at_its_level():
+    # Noise of a blotchy model (lag-1 correlation 0.45, well inside the filter's floor), whitened: the
+    # correlation is gone and the level kept (interior pixels: the filter is circular).
+    lags = np.arange(-MAX_LAG, MAX_LAG + 1)
+    r2 = lags[:, None] ** 2 + lags[None, :] ** 2
+    kernel = correlation_kernel(np.exp(-r2 / (2 * 0.8**2)))
+    model = NoiseModel(np.full((1, 8, 8), 1.0, np.float32), kernel, (1, 64, 64), 0.46, "test")
+    noise = model.sample(torch.full((96, 64, 64), 0.3), torch.Generator().manual_seed(1))
+    assert np.corrcoef(noise[:, :, 1:].ravel(), noise[:, :, :-1].ravel())[0, 1] > 0.4
+    white = model.whiten(noise)[:, 16:-16, 16:-16].numpy()
+    assert white.std() == pytest.approx(0.3, rel=0.03)
+    for a, b in ((white[:, :, 1:], white[:, :, :-1]), (white[:, 1:, :], white[:, :-1, :])):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.03
+
+
+def test_whitening_leaves_white_noise_and_a_constant_as_they_are():
+    model = _white_model((1, 40, 48), 1.0)
+    slices = torch.from_numpy(np.random.default_rng(2).standard_normal((3, 40, 48)).astype(np.float32))
+    torch.testing.assert_close(model.whiten(slices), slices, atol=1e-5, rtol=0)
+    lags = np.arange(-MAX_LAG, MAX_LAG + 1)
+    kernel = correlation_kernel(np.exp(-(lags[:, None] ** 2 + lags[None, :] ** 2) / 2.0))
+    blotchy = NoiseModel(np.ones((1, 5, 6), np.float32), kernel, (1, 40, 48), 0.6, "test")
+    flat = blotchy.whiten(torch.full((2, 40, 48), 7.0))  # only frequency 0: a constant stays constant
+    assert float(flat.std()) < 1e-4 * float(flat.abs().mean())
+
+
 def _white_model(shape, sigma: float) -> NoiseModel:
     kernel = np.zeros((3, 3), np.float32)
     kernel[1, 1] = 1.0
