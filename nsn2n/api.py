@@ -699,7 +699,7 @@ def _nonlocal_blend(
     the benchmark's tuning set they ranged from 5 to 29 against a true 11.8, and the filter with them
     removed little noise). The patch and search box span about the same millimetres along every axis
     (:meth:`NonLocalMeansParams.for_spacing`: thick slices get fewer slices of each); where the noise is
-    correlated in-plane, patches are compared whitened (:func:`_whitens_comparison`).
+    correlated in-plane, patches can be compared whitened (``nonlocal_whitening``, :func:`_whitens_comparison`).
     """
     weight = config.nonlocal_weight_for(run.modality)
     if weight == 0.0:
@@ -714,7 +714,8 @@ def _nonlocal_blend(
             return None
         sigma = torch.full(run.normalised.shape, capped[0] / run.normalizer.scale, device=run.device)
     params = NonLocalMeansParams.for_spacing(run.spacing, h_factor=config.nonlocal_h_factor)
-    compare = _whitened_comparison(noise_model) if _whitens_comparison(noise_model, params) else None
+    whiten = config.nonlocal_whitening and _whitens_comparison(noise_model, params)
+    compare = _whitened_comparison(noise_model) if whiten else None
     log.info(
         "non-local means blend: weight %.2f, h %.2f sigma, patch radii %s, search radii %s (z, y, x voxels)%s",
         weight,
@@ -731,7 +732,8 @@ WHITENING_MIN_CORRELATION = 0.3
 
 
 def _whitens_comparison(noise_model: NoiseModel, params: NonLocalMeansParams) -> bool:
-    """Whether the non-local means compares patches whitened in-plane (:func:`_whitened_comparison`).
+    """Whether the non-local means compares patches whitened in-plane (:func:`_whitened_comparison`) when
+    :attr:`DenoiseConfig.nonlocal_whitening` asks for it.
 
     Rule: where the noise is correlated in-plane (lag 1 at least :data:`WHITENING_MIN_CORRELATION`:
     CT's reconstruction kernel, not MR's thermal noise) and the patches span several slices. Reason:

@@ -143,6 +143,11 @@ class DenoiseConfig:
             :meth:`nonlocal_weight_for`.
         nonlocal_h_factor: width of the non-local means' weights in units of the local noise sigma
             (0.8: better than 0.55 and 1.0 on the tuning set's blends).
+        nonlocal_whitening: where the noise is correlated in-plane (CT) and the patches span several
+            slices, compare the filter's patches whitened by the noise model's correlation. Off by
+            default: on the report set it raised the thin and 4.5 mm CT's PSNR by 0.1 dB (body and
+            soft-tissue window) but lowered their edge-band SSIM by 0.006 to 0.007, further behind BM4D
+            (bench/README.md, 2026-11-30).
 
     Runtime
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
@@ -190,6 +195,7 @@ class DenoiseConfig:
     rician_bias_correction: bool = True
     nonlocal_weight: float | None = None
     nonlocal_h_factor: float = 0.8
+    nonlocal_whitening: bool = False
 
     device: Device = "auto"
     mixed_precision: bool = True
