@@ -367,12 +367,10 @@ class NoiseModel:
         :attr:`kernel`, of unit mean power), scaled so that noise shaped by ``H`` keeps its variance; the
         floor bounds the gain where the noise has almost no power (it keeps anatomy's fine detail from
         being amplified without limit). Circular per slice, so pad the slices first where their borders
-        matter. White noise (a kernel of one tap) passes unchanged.
+        matter. White noise (a kernel of one tap: ``|H| = 1``) passes unchanged.
         """
         h, w = slices.shape[1:]
         k = self.kernel.shape[0]
-        if k == 1:
-            return slices.clone()
         taps = torch.zeros((h, w), dtype=torch.float32, device=slices.device)
         kernel = torch.from_numpy(self.kernel).to(slices.device)
         half = k // 2

@@ -8,7 +8,9 @@ import torch
 from scipy import ndimage
 
 from nsn2n import ConfigError, DenoiseConfig, denoise_volume
+from nsn2n.api import WHITENING_MIN_CORRELATION, _whitened_comparison, _whitens_comparison
 from nsn2n.errors import StopRequested
+from nsn2n.noise_model import NoiseModel, correlation_kernel
 from nsn2n.nonlocal_means import NonLocalMeansParams, nonlocal_means
 from tests.conftest import TINY
 
@@ -162,9 +164,6 @@ def test_a_spacing_that_is_not_positive_is_refused():
 
 
 def test_patches_are_compared_whitened_for_correlated_noise_and_3d_patches_only():
-    from nsn2n.api import WHITENING_MIN_CORRELATION, _whitened_comparison, _whitens_comparison
-    from nsn2n.noise_model import NoiseModel
-
     lags = np.arange(-6, 7)
     r2 = lags[:, None] ** 2 + lags[None, :] ** 2
 
@@ -179,8 +178,6 @@ def test_patches_are_compared_whitened_for_correlated_noise_and_3d_patches_only(
     # The map keeps a slab's shape, and leaves a slab of white noise's model as it is.
     slab = torch.from_numpy(np.random.default_rng(7).normal(size=(5, 20, 18)).astype(np.float32))
     torch.testing.assert_close(_whitened_comparison(model(0.0))(slab), slab, atol=1e-5, rtol=0)
-    from nsn2n.noise_model import correlation_kernel
-
     blotchy = NoiseModel(
         np.ones((1, 4, 4), np.float32), correlation_kernel(np.exp(-r2 / 2.0)), (1, 32, 32), 0.6, "test"
     )
