@@ -209,8 +209,8 @@ def test_the_weight_is_validated():
 def test_the_default_weight_is_the_modality_s():
     config = DenoiseConfig()
     assert config.nonlocal_weight_for("CT") == config.nonlocal_weight_for("ct") == 0.35
-    assert config.nonlocal_weight_for("MR") == 0.5
-    assert config.nonlocal_weight_for("PT") == 0.5  # modalities without their own: MR's
+    assert config.nonlocal_weight_for("MR") == 0.6
+    assert config.nonlocal_weight_for("PT") == 0.6  # modalities without their own: MR's
 
 
 def test_the_output_is_the_convex_blend_of_the_network_and_the_filter():
