@@ -499,6 +499,13 @@ def _match_neighbours(run: _Run, config: DenoiseConfig) -> tuple[WeightMaps, Noi
         stats.lag1_correlation,
         seconds,
     )
+    if not stats.level > 0:
+        run.warnings.append(
+            "no noise was measured between neighbouring slices (they are identical where they match: a "
+            "noise-free, synthetic or repeated-slice series); there is nothing to learn, and the output "
+            "stays close to the input"
+        )
+        log.warning(run.warnings[-1])
     if maps.matched_fraction < 0.2 and config.use_weight_map:
         run.warnings.append(
             f"only {100 * maps.matched_fraction:.0f}% of pixels match their neighbour slice: the noise model rests "

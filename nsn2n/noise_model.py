@@ -227,13 +227,16 @@ def _autocorrelation(volume: np.ndarray, masks: np.ndarray, valid: np.ndarray | 
                 xs, xt = _lag_slices(w, dx)
                 acc[dy + MAX_LAG, dx + MAX_LAG] += float((unit[ys, xs] * unit[yt, xt]).sum())
                 count[dy + MAX_LAG, dx + MAX_LAG] += float((weight[ys, xs] * weight[yt, xt]).sum())
-    if count[MAX_LAG, MAX_LAG] == 0:
-        corr = np.zeros((size, size))
-        corr[MAX_LAG, MAX_LAG] = 1.0
-        return corr
     corr = acc / np.maximum(count, 1.0)
     corr = 0.5 * (corr + corr[::-1, ::-1])
-    return corr / corr[MAX_LAG, MAX_LAG]
+    power = corr[MAX_LAG, MAX_LAG]
+    if not (count[MAX_LAG, MAX_LAG] > 0 and math.isfinite(power) and power > 0):
+        # No pixel qualified, or the differences are all zero (neighbouring slices identical where they
+        # match: a noise-free or synthetic series): no correlation to measure; white noise.
+        white = np.zeros((size, size))
+        white[MAX_LAG, MAX_LAG] = 1.0
+        return white
+    return corr / power
 
 
 def correlation_kernel(autocorrelation: np.ndarray, grid: int = 64) -> np.ndarray:

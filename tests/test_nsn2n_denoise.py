@@ -118,6 +118,18 @@ def test_thick_slices_are_warned_about(noisy_case):
     assert any("5.00 mm apart" in w for w in result.report.warnings)
 
 
+def test_repeated_slices_have_no_noise_to_learn_from_and_pass_through_with_a_warning(noisy_case):
+    # Every slice the same noisy image: neighbouring slices differ nowhere, so no noise is measurable
+    # (the noise model's correlation once came out 0 / 0 = NaN and training "diverged" at step 1).
+    _, noisy = noisy_case
+    repeated = np.repeat(noisy[:1], 6, axis=0)
+    result = denoise_volume(repeated, (1.0, 0.7, 0.7), "CT", TINY.replace(max_steps=3))
+    assert np.isfinite(result.denoised).all()
+    assert result.report.noise_model.level == 0.0
+    assert any("no noise was measured" in w for w in result.report.warnings)
+    assert np.abs(result.denoised - repeated).max() < 1.0  # HU: the output stays the input
+
+
 @pytest.mark.parametrize(
     ("volume", "message"),
     [
