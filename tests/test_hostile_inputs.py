@@ -320,6 +320,12 @@ def build_good_and_bad(folder: Path) -> None:
     )
 
 
+def build_repeated(folder: Path) -> None:
+    """A CT series whose slices all hold the same image: no noise between neighbouring slices."""
+    volume = np.repeat(hu_volume(SHAPE, 0)[:1], SHAPE[0], axis=0)
+    write_datasets(make_ct_datasets(volume), folder, filename_pattern="CT{index:04d}.dcm")
+
+
 def build_good(folder: Path) -> None:
     """A valid CT series."""
     ct(folder)
@@ -727,6 +733,7 @@ CASES: dict[str, Case] = {
     "float_rescale": Case(build_float_rescale, 0, derived=1, env={"NSN2N_SAVE_MODEL": "true"}, check=check_round_trip),
     "pixel_padding_value": Case(build_padding, 0, derived=1, check=check_padding),
     "already_derived": Case(build_derived, 3, ("not DERIVED/SECONDARY", "CT DERIVED (6 instance(s))")),
+    "repeated_slices": Case(build_repeated, 0, derived=1, log=("no noise was measured",)),
     "output_is_a_file": Case(
         build_good, 4, ("output folder", "out", "not a folder"), output=output_is_file, check=check_output_file
     ),
