@@ -705,7 +705,9 @@ def _nonlocal_blend(
     and the block levels of thick MR slices count anatomy that changes between them (on the thick MR of
     the benchmark's tuning set they ranged from 5 to 29 against a true 11.8, and the filter with them
     removed little noise). The patch and search box span about the same millimetres along every axis
-    (:meth:`NonLocalMeansParams.for_spacing`: thick slices get fewer slices of each); where the noise is
+    (:meth:`NonLocalMeansParams.for_spacing`: thick slices get fewer slices of each), and the patch is
+    the small one where that still holds enough independent noise samples
+    (:meth:`NonLocalMeansParams.for_noise`: thin slices with white in-plane noise); where the noise is
     correlated in-plane, patches can be compared whitened (``nonlocal_whitening``, :func:`_whitens_comparison`).
     """
     weight = config.nonlocal_weight_for(run.modality)
@@ -720,7 +722,7 @@ def _nonlocal_blend(
         if capped is None:
             return None
         sigma = torch.full(run.normalised.shape, capped[0] / run.normalizer.scale, device=run.device)
-    params = NonLocalMeansParams.for_spacing(run.spacing, h_factor=config.nonlocal_h_factor)
+    params = NonLocalMeansParams.for_noise(run.spacing, noise_model.autocorrelation, h_factor=config.nonlocal_h_factor)
     whiten = config.nonlocal_whitening and _whitens_comparison(noise_model, params)
     compare = _whitened_comparison(noise_model) if whiten else None
     log.info(

@@ -352,6 +352,20 @@ class NoiseModel:
         floor (:mod:`nsn2n.rician`)."""
         return sigma_from_blocks(torch.from_numpy(self.sigma_blocks[z]), self.shape[1:]).numpy()
 
+    @property
+    def autocorrelation(self) -> np.ndarray:
+        """``(2k-1, 2k-1)`` float64 in-plane autocorrelation of the model's noise (1 at the centre): that of
+        :meth:`sample`'s output, the kernel correlated with itself."""
+        k = self.kernel.astype(np.float64)
+        size = k.shape[0]
+        padded = np.zeros((3 * size - 2, 3 * size - 2))
+        padded[size - 1 : 2 * size - 1, size - 1 : 2 * size - 1] = k
+        out = np.empty((2 * size - 1, 2 * size - 1))
+        for dy in range(2 * size - 1):
+            for dx in range(2 * size - 1):
+                out[dy, dx] = float((padded[dy : dy + size, dx : dx + size] * k).sum())
+        return out / out[size - 1, size - 1]
+
     def level(self, foreground: np.ndarray | None = None) -> float:
         """Root mean square of the local sigma over ``foreground`` (D, H, W) bool, or over the volume."""
         total, count = 0.0, 0

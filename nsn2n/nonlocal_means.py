@@ -27,10 +27,47 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NonLocalMeansParams", "nonlocal_means"]
+__all__ = ["MIN_EFFECTIVE_SAMPLES", "NonLocalMeansParams", "effective_samples", "nonlocal_means"]
+
+#: Independent noise samples a patch must hold for :meth:`NonLocalMeansParams.for_noise` to take the
+#: small patch (``SMALL_PATCH_RADIUS`` in-plane): about 27, what a 3 x 3 x 3 patch holds in white noise.
+MIN_EFFECTIVE_SAMPLES = 25.0
+#: In-plane radius of the small patch (:meth:`NonLocalMeansParams.for_noise`).
+SMALL_PATCH_RADIUS = 1
+
+
+def effective_samples(patch_radii: tuple[int, int, int], autocorrelation: np.ndarray | None) -> float:
+    """How many independent noise samples the squared distance of two patches of ``patch_radii`` (z, y, x)
+    averages: ``N^2 / sum_ij rho_ij^2`` over the patch's voxel pairs, ``rho`` the noise's correlation.
+
+    Rule. The mean squared difference of two patches of the same anatomy is ``2 sigma^2`` on average
+    with a relative spread of ``sqrt(2 / N_eff)``: for white noise ``N_eff`` is the voxel count ``N``;
+    correlated noise (a CT reconstruction kernel) makes neighbouring squared differences move together, so
+    the same patch averages fewer independent samples. ``autocorrelation``: the in-plane correlation of the
+    noise, an odd square array with 1 at its centre (lags beyond it count as 0; the noise is independent
+    between slices); ``None``: white noise.
+    """
+    pz, py, px = patch_radii
+    n_plane = (2 * py + 1) * (2 * px + 1)
+    n = n_plane * (2 * pz + 1)
+    if autocorrelation is None:
+        return float(n)
+    rho = np.asarray(autocorrelation, dtype=np.float64)
+    c = rho.shape[0] // 2
+    if rho.ndim != 2 or rho.shape[0] != rho.shape[1] or rho.shape[0] % 2 == 0 or not rho[c, c] > 0:
+        raise ValueError(f"autocorrelation must be an odd square array with a positive centre, got {rho.shape}")
+    rho = rho / rho[c, c]
+    # Pairs of voxels in one slice of the patch at lag (dy, dx): (2 py + 1 - |dy|) (2 px + 1 - |dx|) of them.
+    total = 0.0
+    for dy in range(-2 * py, 2 * py + 1):
+        for dx in range(-2 * px, 2 * px + 1):
+            if abs(dy) <= c and abs(dx) <= c:
+                total += (2 * py + 1 - abs(dy)) * (2 * px + 1 - abs(dx)) * rho[c + dy, c + dx] ** 2
+    return float(n * n_plane / total)
 
 
 @dataclass(frozen=True)
@@ -91,6 +128,27 @@ class NonLocalMeansParams:
             patch_radius_z=int(base.patch_radius * ratio + 0.5),
             search_radius_z=max(1, int(base.search_radius * ratio + 0.5)),
         )
+
+    @classmethod
+    def for_noise(
+        cls, spacing: Sequence[float], autocorrelation: np.ndarray | None, **kwargs: float | int
+    ) -> NonLocalMeansParams:
+        """:meth:`for_spacing` with the in-plane patch radius chosen for the noise: the small patch
+        (:data:`SMALL_PATCH_RADIUS`) where it holds at least :data:`MIN_EFFECTIVE_SAMPLES` independent
+        noise samples (:func:`effective_samples`), else ``patch_radius`` (default 2).
+
+        Reason: a smaller patch matches more of the same anatomy (a 3 mm cube of brain has many twins
+        along a gyrus, a 5 mm cube spans several tissues), but its distance must still tell similar
+        patches from different ones through the noise. White in-plane noise and 3-slice patches (thin MR)
+        give 27 samples at radius 1; correlated CT noise gives about 11 and single-slice patches (thick
+        slices) 9, so those keep radius 2. On the benchmark's tuning set radius 1 raised the thin MRs' gain
+        7.89 -> 8.12 and 8.93 -> 9.10 dB (weight 0.6) and lost on the thick MR (6.65 -> 6.33)
+        (bench/README.md, 2026-12-01). ``kwargs``: the other fields.
+        """
+        small = cls.for_spacing(spacing, **{**kwargs, "patch_radius": SMALL_PATCH_RADIUS})
+        if effective_samples(small.patch_radii, autocorrelation) >= MIN_EFFECTIVE_SAMPLES:
+            return small
+        return cls.for_spacing(spacing, **kwargs)
 
     @property
     def patch_radii(self) -> tuple[int, int, int]:

@@ -11,7 +11,7 @@ from nsn2n import ConfigError, DenoiseConfig, denoise_volume
 from nsn2n.api import WHITENING_MIN_CORRELATION, _whitened_comparison, _whitens_comparison
 from nsn2n.errors import StopRequested
 from nsn2n.noise_model import NoiseModel, correlation_kernel
-from nsn2n.nonlocal_means import NonLocalMeansParams, nonlocal_means
+from nsn2n.nonlocal_means import NonLocalMeansParams, effective_samples, nonlocal_means
 from tests.conftest import TINY
 
 
@@ -156,6 +156,57 @@ def test_thick_slices_get_a_box_of_about_the_same_millimetres(spacing, patch_rad
     assert (params.patch_radii, params.search_radii, params.h_factor) == (patch_radii, search_radii, 0.7)
 
 
+def _gaussian_autocorrelation(width_px: float, half: int = 6) -> np.ndarray:
+    """The autocorrelation of white noise blurred by a Gaussian of ``width_px``: exp(-r^2 / (4 w^2))."""
+    lags = np.arange(-half, half + 1)
+    return np.exp(-(lags[:, None] ** 2 + lags[None, :] ** 2) / (4.0 * width_px**2))
+
+
+def test_effective_samples_count_voxels_for_white_noise_and_fewer_for_correlated_noise():
+    white = np.zeros((5, 5))
+    white[2, 2] = 1.0
+    assert effective_samples((2, 2, 2), None) == effective_samples((2, 2, 2), white) == 125
+    assert effective_samples((0, 1, 1), None) == 9
+    # Perfectly correlated over the patch: the whole slice of a patch is one sample, whatever its size.
+    assert effective_samples((1, 2, 2), np.ones((9, 9))) == pytest.approx(3.0)
+    # Known answer, a 1 x 3 patch in noise whose horizontal neighbours correlate 0.5: N^2 / sum rho^2
+    # over the 9 ordered voxel pairs = 9 / (3 * 1 + 4 * 0.25) (lag 2 uncorrelated).
+    pair = np.zeros((3, 3))
+    pair[1] = [0.5, 1.0, 0.5]
+    assert effective_samples((0, 0, 1), pair) == pytest.approx(9 / 4)
+    blotchy = effective_samples((2, 2, 2), _gaussian_autocorrelation(1.0))
+    assert 20 < blotchy < 125 / 2
+    with pytest.raises(ValueError, match="odd square"):
+        effective_samples((1, 1, 1), np.ones((4, 4)))
+
+
+@pytest.mark.parametrize(
+    ("spacing", "width_px", "patch_radii"),
+    [
+        ((1.0, 1.0, 1.0), 0.0, (1, 1, 1)),  # thin slices, white noise (MR): 27 samples, the small patch
+        ((1.0, 1.0, 1.0), 1.0, (2, 2, 2)),  # thin slices, blotchy noise (CT kernel): too few, 5^3
+        ((5.0, 1.0, 1.0), 0.0, (0, 2, 2)),  # thick slices: 3 x 3 x 1 holds 9 samples, 5 x 5 x 1
+    ],
+)
+def test_the_patch_is_small_where_it_still_holds_enough_noise_samples(spacing, width_px, patch_radii):
+    correlation = None if width_px == 0 else _gaussian_autocorrelation(width_px)
+    params = NonLocalMeansParams.for_noise(spacing, correlation, h_factor=0.7)
+    assert params.patch_radii == patch_radii
+    assert params.h_factor == 0.7
+    assert params.search_radii == NonLocalMeansParams.for_spacing(spacing).search_radii
+
+
+def test_the_noise_model_s_autocorrelation_is_its_kernel_correlated_with_itself():
+    kernel = np.zeros((3, 3), np.float32)
+    kernel[1, 1], kernel[1, 2] = 0.8, 0.6  # unit energy; horizontal neighbours correlate 0.48
+    model = NoiseModel(np.ones((1, 1, 1), np.float32), kernel, (1, 16, 16), 0.48, "test")
+    rho = model.autocorrelation
+    assert rho.shape == (5, 5)
+    assert rho[2, 2] == pytest.approx(1.0)
+    assert rho[2, 3] == rho[2, 1] == pytest.approx(0.48)
+    assert np.abs(np.delete(rho.ravel(), [11, 12, 13])).max() == pytest.approx(0.0)
+
+
 def test_a_spacing_that_is_not_positive_is_refused():
     with pytest.raises(ValueError, match="positive and finite"):
         NonLocalMeansParams.for_spacing((0.0, 1.0, 1.0))
@@ -209,8 +260,8 @@ def test_the_weight_is_validated():
 def test_the_default_weight_is_the_modality_s():
     config = DenoiseConfig()
     assert config.nonlocal_weight_for("CT") == config.nonlocal_weight_for("ct") == 0.35
-    assert config.nonlocal_weight_for("MR") == 0.6
-    assert config.nonlocal_weight_for("PT") == 0.6  # modalities without their own: MR's
+    assert config.nonlocal_weight_for("MR") == 0.7
+    assert config.nonlocal_weight_for("PT") == 0.7  # modalities without their own: MR's
 
 
 def test_the_output_is_the_convex_blend_of_the_network_and_the_filter():
