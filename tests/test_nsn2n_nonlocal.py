@@ -259,7 +259,7 @@ def test_the_weight_is_validated():
 
 def test_the_default_weight_is_the_modality_s():
     config = DenoiseConfig()
-    assert config.nonlocal_weight_for("CT") == config.nonlocal_weight_for("ct") == 0.5
+    assert config.nonlocal_weight_for("CT") == config.nonlocal_weight_for("ct") == 0.35
     assert config.nonlocal_weight_for("MR") == 0.7
     assert config.nonlocal_weight_for("PT") == 0.7  # modalities without their own: MR's
 
