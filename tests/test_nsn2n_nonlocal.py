@@ -311,6 +311,21 @@ def test_whitened_comparison_is_opt_in_and_follows_the_noise(caplog):
         assert np.sqrt(np.mean((out - clean) ** 2)) < 0.8 * 60.0
 
 
+@pytest.mark.parametrize(("blur_px", "patch_radii"), [(0.0, "(1, 1, 1)"), (1.0, "(2, 2, 2)")])
+def test_a_run_takes_the_small_patch_for_white_noise_only(caplog, blur_px, patch_radii):
+    # Isotropic voxels: white noise (MR-like) gets the 3 x 3 x 3 patch from the run's own noise model,
+    # blotchy noise (a CT kernel, lag 1 about 0.7) keeps 5 x 5 x 5.
+    rng = np.random.default_rng(9)
+    clean = _phantom((8, 40, 36)) * 400.0 - 200.0
+    noise = rng.normal(size=clean.shape)
+    if blur_px:
+        noise = ndimage.gaussian_filter(noise, (0, blur_px, blur_px))
+    noisy = (clean + 60.0 * noise / noise.std()).astype(np.float32)
+    with caplog.at_level("INFO", logger="nsn2n.api"):
+        denoise_volume(noisy, (1.0, 1.0, 1.0), "CT", dataclasses.replace(TINY, max_steps=2, nonlocal_weight=0.5))
+    assert f"patch radii {patch_radii}" in caplog.text
+
+
 def test_each_slab_is_announced_and_a_stop_ends_the_filtering():
     volume = torch.from_numpy(_phantom((6, 20, 18)))
     sigma = torch.full(volume.shape, 0.2)
