@@ -215,9 +215,6 @@ def test_a_spacing_that_is_not_positive_is_refused():
 
 
 def test_patches_are_compared_whitened_for_correlated_noise_and_3d_patches_only():
-    lags = np.arange(-6, 7)
-    r2 = lags[:, None] ** 2 + lags[None, :] ** 2
-
     def model(lag1: float) -> NoiseModel:
         return NoiseModel(np.ones((1, 4, 4), np.float32), np.ones((1, 1), np.float32), (1, 32, 32), lag1, "test")
 
@@ -229,9 +226,8 @@ def test_patches_are_compared_whitened_for_correlated_noise_and_3d_patches_only(
     # The map keeps a slab's shape, and leaves a slab of white noise's model as it is.
     slab = torch.from_numpy(np.random.default_rng(7).normal(size=(5, 20, 18)).astype(np.float32))
     torch.testing.assert_close(_whitened_comparison(model(0.0))(slab), slab, atol=1e-5, rtol=0)
-    blotchy = NoiseModel(
-        np.ones((1, 4, 4), np.float32), correlation_kernel(np.exp(-r2 / 2.0)), (1, 32, 32), 0.6, "test"
-    )
+    kernel = correlation_kernel(_gaussian_autocorrelation(0.5**0.5))
+    blotchy = NoiseModel(np.ones((1, 4, 4), np.float32), kernel, (1, 32, 32), 0.6, "test")
     assert _whitened_comparison(blotchy)(slab).shape == slab.shape
 
 
