@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MIN_EFFECTIVE_SAMPLES", "NonLocalMeansParams", "effective_samples", "nonlocal_means"]
+__all__ = ["MIN_EFFECTIVE_SAMPLES", "SMALL_PATCH_RADIUS", "NonLocalMeansParams", "effective_samples", "nonlocal_means"]
 
 #: Independent noise samples a patch must hold for :meth:`NonLocalMeansParams.for_noise` to take the
 #: small patch (``SMALL_PATCH_RADIUS`` in-plane): about 27, what a 3 x 3 x 3 patch holds in white noise.
