@@ -244,7 +244,8 @@ def check_spacing(spacing: Sequence[float], config: DenoiseConfig) -> tuple[tupl
             f"neighbouring slices are {dz:.2f} mm apart (> {config.max_slice_gap_mm:g} mm): anatomy changes "
             "between slices, so fewer regions match: the noise is measured from fewer pixels and the neighbours "
             "help less (as context, or as the paper formulation's target); expect less noise reduction than on "
-            "thin slices"
+            "thin slices, and noise figures that read high (the anatomy that changes counts as noise: the level "
+            "before, and with it the reported reduction; bench/README.md)"
         )
     return (dz, dy, dx), warnings
 
