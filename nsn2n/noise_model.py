@@ -357,14 +357,9 @@ class NoiseModel:
         """``(2k-1, 2k-1)`` float64 in-plane autocorrelation of the model's noise (1 at the centre): that of
         :meth:`sample`'s output, the kernel correlated with itself."""
         k = self.kernel.astype(np.float64)
-        size = k.shape[0]
-        padded = np.zeros((3 * size - 2, 3 * size - 2))
-        padded[size - 1 : 2 * size - 1, size - 1 : 2 * size - 1] = k
-        out = np.empty((2 * size - 1, 2 * size - 1))
-        for dy in range(2 * size - 1):
-            for dx in range(2 * size - 1):
-                out[dy, dx] = float((padded[dy : dy + size, dx : dx + size] * k).sum())
-        return out / out[size - 1, size - 1]
+        half = k.shape[0] // 2  # the kernel is odd and centred (correlation_kernel)
+        out = ndimage.correlate(np.pad(k, half), k, mode="constant")
+        return out / out[2 * half, 2 * half]
 
     def level(self, foreground: np.ndarray | None = None) -> float:
         """Root mean square of the local sigma over ``foreground`` (D, H, W) bool, or over the volume."""
