@@ -170,7 +170,7 @@ def collaborative_wiener(
                     sq = torch.zeros((h, w), device=device)
                     y0, y1, x0, x1 = max(0, -oy), min(h, h - oy), max(0, -ox), min(w, w - ox)
                     sq[y0:y1, x0:x1] = (p[r, y0:y1, x0:x1] - p[zz, y0 + oy : y1 + oy, x0 + ox : x1 + ox]) ** 2
-                    dist = _window_sums(sq, b)[ry.clamp(0, h - b), rx.clamp(0, w - b)]
+                    dist = _window_sums(sq, b)[ry, rx]  # reference positions are valid top-left corners
                     dist = torch.where(inside, dist, torch.full_like(dist, math.inf))
                     if zz == r and oy == 0 and ox == 0:
                         dist = torch.full_like(dist, -1.0)  # the reference block itself, always in its group
