@@ -1,10 +1,11 @@
-"""Probe a candidate stage: a collaborative Wiener filter after NS-N2N's blend (not in the product yet).
+"""Probe the collaborative Wiener stage after NS-N2N's blend: each case with and without it.
 
     python -m bench.collaborative_wiener_probe --split report --seeds 0 \\
         --cases ct-thin,ct-thick,lung1,mr-thin-r5,mr-thin-r9,mr-thick-r5 --out FILE
 
-The stage (:mod:`nsn2n.collaborative_wiener`, not in the pipeline yet) is the second step of BM3D with
-the product's output as the pilot: for every reference block (8 x 8 pixels, every 3rd pixel, every
+The stage (:mod:`nsn2n.collaborative_wiener`; in the pipeline by default on thick MR,
+:attr:`nsn2n.DenoiseConfig.collaborative_wiener`) is the second step of BM3D with the output so far as
+the pilot: for every reference block (8 x 8 pixels, every 3rd pixel, every
 slice), the 16 blocks of the pilot most alike it within 15 x 15 pixels on its own slice and the
 neighbouring ones are grouped, and the same blocks of the noisy input are shrunk jointly by the empirical
 Wiener gain in a 3-D transform (the module's docstring has the rule and the reference).
@@ -13,9 +14,8 @@ Why it might help: the 3-D non-local means of the blend compares single-slice pa
 and searches a 7 x 7 window; a group of blocks from a wider window, shrunk jointly in a transform, is the
 stronger prior that BM4D brings (where NS-N2N trails it: thick slices).
 
-One NS-N2N training per case and seed; inference runs twice, once as the product does and once with the
-stage after the blend (before the Rician correction and the return to input units, as the blend), so the
-two outputs share the network. Scores are :func:`bench.metrics.score`'s, the quality tables' scale.
+One NS-N2N training per case and seed with the stage on; inference runs once more without it, so the two
+outputs share the network. Scores are :func:`bench.metrics.score`'s, the quality tables' scale.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,62 +31,52 @@ import torch
 from bench import cases
 from bench.metrics import score
 from bench.report import log_beside, machine_header, write_lines
-from nsn2n.collaborative_wiener import CollaborativeWienerParams, collaborative_wiener
+from nsn2n.collaborative_wiener import CollaborativeWienerParams
 
 PARAMS = CollaborativeWienerParams()
 
 
-class _WithStage:
-    """The run's blend followed by the collaborative Wiener stage (whole volumes only)."""
-
-    def __init__(self, blend, autocorrelation: np.ndarray, seconds: list[float]) -> None:
-        self.blend, self.autocorrelation, self.seconds = blend, autocorrelation, seconds
-
-    def __call__(self, volume, network_out, slices, should_stop=None, log_every_s=None):
-        pilot = self.blend(volume, network_out, slices, should_stop, log_every_s)
-        t = time.monotonic()
-        volume_t, pilot_t = (torch.from_numpy(np.ascontiguousarray(v, np.float32)) for v in (volume, pilot))
-        out = collaborative_wiener(volume_t, pilot_t, self.blend.sigma.cpu(), self.autocorrelation, PARAMS).numpy()
-        self.seconds.append(time.monotonic() - t)
-        return out
-
-
 def probe(split: str, name: str, seed: int, store: cases.CaseStore) -> tuple[dict, dict, float]:
-    """``(scores as the product, scores with the stage, the stage's seconds)`` of one case and seed."""
-    import nsn2n
-    from nsn2n import api
-
-    captured: dict = {}
-    make_blend, infer = api._nonlocal_blend, api._infer
-
-    def nonlocal_blend(run, noise_model, capped, config):
-        captured["autocorrelation"] = noise_model.autocorrelation
-        return make_blend(run, noise_model, capped, config)
-
-    def infer_twice(run, network, maps, config, keep, rician=None, blend=None):
-        result = infer(run, network, maps, config, keep, rician, blend)
-        if blend is not None:
-            staged = _WithStage(blend, captured["autocorrelation"], captured.setdefault("seconds", []))
-            captured["stage"] = infer(run, network, maps, config, keep, rician, staged)[0]
-        return result
-
+    """``(scores without the stage, scores with it, the stage's seconds)`` of one case and seed."""
     c = cases.case(split, name)
     vol = store.clean(c)
     noisy = store.noisy(split, c, seed)
-    api._nonlocal_blend, api._infer = nonlocal_blend, infer_twice
-    try:
-        config = nsn2n.DenoiseConfig(num_threads=1, log_every_s=600)
-        result = nsn2n.denoise_volume(noisy, vol.spacing, vol.modality, config)
-    finally:
-        api._nonlocal_blend, api._infer = make_blend, infer
-    if "stage" not in captured:
-        raise RuntimeError(f"{name}: the run did not blend, so there is no pilot for the stage")
+    without, with_stage, seconds = with_and_without_stage(noisy, vol.spacing, vol.modality)
     mask = vol.mask.astype(bool)
 
     def scores(test: np.ndarray) -> dict:
         return score(vol.modality, vol.clean, noisy, test, mask, vol.ref_scale)
 
-    return scores(result.denoised), scores(captured["stage"]), sum(captured["seconds"])
+    return scores(without), scores(with_stage), seconds
+
+
+def with_and_without_stage(
+    noisy: np.ndarray, spacing: tuple[float, float, float], modality: str
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(the output without the stage, with it, the stage's seconds)`` of one training.
+
+    The run has the stage (``collaborative_wiener: true``); its inference runs once more without it."""
+    import nsn2n
+    from nsn2n import api
+
+    infer = api._infer
+    captured: dict = {}
+
+    def infer_twice(run, network, maps, config, keep, rician=None, blend=None, wiener=None):
+        if wiener is None:
+            raise RuntimeError("the run has no collaborative Wiener stage (no usable noise level)")
+        without = infer(run, network, maps, config, keep, rician, blend, None)
+        result = infer(run, network, maps, config, keep, rician, blend, wiener)
+        captured["without"], captured["seconds"] = without.denoised, result.seconds - without.seconds
+        return result
+
+    api._infer = infer_twice
+    try:
+        config = nsn2n.DenoiseConfig(num_threads=1, log_every_s=600, collaborative_wiener=True)
+        result = nsn2n.denoise_volume(noisy, spacing, modality, config)
+    finally:
+        api._infer = infer
+    return captured["without"], result.denoised, captured["seconds"]
 
 
 def main(argv: list[str] | None = None) -> int:

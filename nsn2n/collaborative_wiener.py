@@ -4,7 +4,8 @@ Rule (Dabov, Foi, Katkovnik & Egiazarian, "Image denoising by sparse 3-D transfo
 filtering", IEEE TIP 16(8), 2007, section 3.2). For each reference block of ``block`` x ``block`` pixels
 (every ``stride`` pixels of every slice), the ``group`` blocks of the pilot most alike it (squared
 distance) within ``search_radius`` pixels in-plane, on its slice and on ``slice_radius`` slices either
-side, form a group; the reference block is always in it. The same blocks of the noisy volume are
+side, form a group; the reference block is always in it (where the search offers fewer blocks, e.g. on
+the first slice of a thin volume, the group holds them all). The same blocks of the noisy volume are
 transformed (orthonormal 2-D DCT of each block, then an orthonormal DCT along the group), each coefficient
 is multiplied by the empirical Wiener gain ``P^2 / (P^2 + s^2)`` (``P``: the pilot's coefficient, ``s^2``:
 the noise's variance in that coefficient), and transformed back. Every block of every group is put back
@@ -29,7 +30,7 @@ only what the wanted slices need, and computing a subset gives the same values a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,6 +122,7 @@ def collaborative_wiener(
     autocorrelation: np.ndarray | None = None,
     params: CollaborativeWienerParams | None = None,
     slices: Sequence[int] | None = None,
+    before_slice: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """The Wiener stage of ``noisy`` with ``pilot`` (module docstring): ``(len(slices), H, W)`` float32.
 
@@ -131,6 +133,8 @@ def collaborative_wiener(
         autocorrelation: the noise's in-plane autocorrelation (:func:`coefficient_variance`); ``None``: white.
         params: the filter's parameters (default :class:`CollaborativeWienerParams`).
         slices: the slices wanted, ``None`` = all, in order; the result follows that order.
+        before_slice: called as ``before_slice(done, total)`` before the groups of each reference slice
+            (progress, cancellation: whatever it raises ends the filtering).
 
     Slices narrower or shorter than a block are returned as the pilot.
     """
@@ -147,7 +151,7 @@ def collaborative_wiener(
     if h < b or w < b:
         return p[wanted].clone()
     var = sigma.float() ** 2
-    d_block, d_group = dct_matrix(b, device), dct_matrix(k, device)
+    d_block = dct_matrix(b, device)
     coeff_var = coefficient_variance(autocorrelation, b).to(device)
     keep = torch.zeros(depth, dtype=torch.bool, device=device)
     keep[wanted] = True
@@ -160,26 +164,34 @@ def collaborative_wiener(
     )
     offsets = torch.arange(b, device=device)
     references = sorted({r for z in wanted for r in range(max(0, z - zr), min(depth, z + zr + 1))})
-    for r in references:
-        dists, cz, cy, cx = [], [], [], []
-        for zz in range(max(0, r - zr), min(depth, r + zr + 1)):
-            for oy in range(-sr, sr + 1):
-                for ox in range(-sr, sr + 1):
-                    ty, tx = ry + oy, rx + ox
-                    inside = (ty >= 0) & (ty <= h - b) & (tx >= 0) & (tx <= w - b)
-                    sq = torch.zeros((h, w), device=device)
-                    y0, y1, x0, x1 = max(0, -oy), min(h, h - oy), max(0, -ox), min(w, w - ox)
-                    sq[y0:y1, x0:x1] = (p[r, y0:y1, x0:x1] - p[zz, y0 + oy : y1 + oy, x0 + ox : x1 + ox]) ** 2
-                    dist = _window_sums(sq, b)[ry, rx]  # reference positions are valid top-left corners
-                    dist = torch.where(inside, dist, torch.full_like(dist, math.inf))
-                    if zz == r and oy == 0 and ox == 0:
-                        dist = torch.full_like(dist, -1.0)  # the reference block itself, always in its group
-                    dists.append(dist)
-                    cz.append(torch.full_like(ry, zz))
-                    cy.append(ty.clamp(0, h - b))
-                    cx.append(tx.clamp(0, w - b))
-        nearest = torch.topk(torch.stack(dists, 1), k, dim=1, largest=False).indices
-        gz, gy, gx = (torch.stack(t, 1).gather(1, nearest) for t in (cz, cy, cx))
+    for done, r in enumerate(references):
+        if before_slice is not None:
+            before_slice(done, len(references))
+        candidates = [
+            (zz, oy, ox)
+            for zz in range(max(0, r - zr), min(depth, r + zr + 1))
+            for oy in range(-sr, sr + 1)
+            for ox in range(-sr, sr + 1)
+        ]
+        dists = torch.empty((ry.numel(), len(candidates)), device=device)
+        for i, (zz, oy, ox) in enumerate(candidates):
+            sq = torch.zeros((h, w), device=device)
+            y0, y1, x0, x1 = max(0, -oy), min(h, h - oy), max(0, -ox), min(w, w - ox)
+            sq[y0:y1, x0:x1] = (p[r, y0:y1, x0:x1] - p[zz, y0 + oy : y1 + oy, x0 + ox : x1 + ox]) ** 2
+            dist = _window_sums(sq, b)[ry, rx]  # reference positions are valid top-left corners
+            inside = (ry + oy >= 0) & (ry + oy <= h - b) & (rx + ox >= 0) & (rx + ox <= w - b)
+            dists[:, i] = torch.where(inside, dist, math.inf)
+            if zz == r and oy == 0 and ox == 0:
+                dists[:, i] = -1.0  # the reference block itself, always in its group
+        table = torch.tensor(candidates, device=device)  # (candidates, 3): slice, dy, dx
+        size = min(k, len(candidates))  # the first and last slices have fewer neighbours to search
+        d_group = dct_matrix(size, device)
+        nearest = table[torch.topk(dists, size, dim=1, largest=False).indices]  # (references, size, 3)
+        # A candidate outside the slice (infinite distance) joins only a group with too few inside; it
+        # stands at the nearest valid position then.
+        gz = nearest[..., 0]
+        gy = (ry[:, None] + nearest[..., 1]).clamp(0, h - b)
+        gx = (rx[:, None] + nearest[..., 2]).clamp(0, w - b)
         yy = (gy[..., None, None] + offsets[:, None]).expand(-1, -1, b, b)
         xx = (gx[..., None, None] + offsets[None, :]).expand(-1, -1, b, b)
         zz_ = gz[..., None, None].expand(-1, -1, b, b)

@@ -152,6 +152,16 @@ class DenoiseConfig:
             default: on the report set it raised the thin and 4.5 mm CT's PSNR by 0.1 dB (body and
             soft-tissue window) but lowered their edge-band SSIM by 0.006 to 0.007, further behind BM4D
             (bench/README.md, 2026-11-30).
+        collaborative_wiener: after the blend, filter the input once more with the output so far as the
+            pilot (:mod:`nsn2n.collaborative_wiener`, BM3D's second step: groups of alike 8 x 8 blocks
+            from the slice and its neighbours, shrunk jointly by the pilot's Wiener gain; ``true``
+            without a blend: the network's output is the pilot). ``None`` (default): after a blend,
+            where the noise is white in-plane and the non-local means compares single-slice patches,
+            i.e. thick MR (:func:`nsn2n.api._wiener_applies`): there it raised the 5 mm MR's brain
+            PSNR by 0.74 to 0.77 dB on the report set; it lost up to 0.26 dB on thin MR and thin CT
+            and 0.4 to 0.7 dB on thick MR with in-plane correlated noise (bench/README.md,
+            2026-12-01). It adds about 0.4 s per 256 x 256 slice on 2 CPU cores, three times that to
+            the noise estimate.
 
     Runtime
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
@@ -200,6 +210,7 @@ class DenoiseConfig:
     nonlocal_weight: float | None = None
     nonlocal_h_factor: float = 0.8
     nonlocal_whitening: bool = False
+    collaborative_wiener: bool | None = None
 
     device: Device = "auto"
     mixed_precision: bool = True

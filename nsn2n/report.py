@@ -164,6 +164,8 @@ class DenoiseReport:
         rician_correction_sigma: the noise level (input units, RMS over the foreground) with which the
             output was mapped from the expected magnitude to the signal (:mod:`nsn2n.rician`; MR
             magnitude series with ``rician_bias_correction``); ``None``: not corrected.
+        post_processing: one line per step applied to the network's output, in order (residual clip,
+            non-local means blend, collaborative Wiener stage, Rician correction: those the run used).
     """
 
     software_version: str
@@ -185,6 +187,7 @@ class DenoiseReport:
     noise: NoiseEstimate
     warnings: tuple[str, ...]
     rician_correction_sigma: float | None = None
+    post_processing: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-native values (nested dicts, lists, numbers, strings, ``None``)."""

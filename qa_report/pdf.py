@@ -509,7 +509,11 @@ def _draw_method(doc: _Layout, record: Mapping[str, Any]) -> None:
     doc.y += _LINE
     doc.paragraph(method.get("summary", ""))
     doc.y += 2
-    rows = [("Network", method.get("network")), ("Losses", "; ".join(method.get("losses") or []) or None)]
+    rows = [
+        ("Network", method.get("network")),
+        ("Losses", "; ".join(method.get("losses") or []) or None),
+        ("After it", "; ".join(method.get("post_processing") or []) or None),
+    ]
     doc.y = doc.kv_block(rows, x=_ML, width=_CONTENT_W, key_w=70)
 
 

@@ -1,7 +1,7 @@
 """The per-series run record (``run.json``): build, validate, write.
 
 The record is a JSON-native dict described by ``run_record.schema.json`` (JSON Schema draft 2020-12,
-``SCHEMA_VERSION`` "1.3"; records of earlier minor versions validate, since a minor version only adds
+``SCHEMA_VERSION`` "1.4"; records of earlier minor versions validate, since a minor version only adds
 optional fields). It deliberately holds **no patient identifiers** (no patient name, patient
 ID, birth date, accession number): only UIDs, series descriptions, geometry, parameters, timings and
 quality figures, so it can be kept and shared as a processing log.
@@ -57,7 +57,7 @@ __all__ = [
     "write_run_record",
 ]
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 SCHEMA_PATH = Path(__file__).with_name("run_record.schema.json")
 #: Stage names of ``timings_s`` (all required; ``None`` = stage not run).
 TIMING_STAGES = ("load", "weight_map", "train", "inference", "noise_estimate", "write", "total")
@@ -438,6 +438,7 @@ class RunRecord:
                 }
             )
             sections["noise"] = asdict(report.noise) | {"rician_correction_sigma": report.rician_correction_sigma}
+            sections["method"] = {"post_processing": list(report.post_processing)}
             sections["model"] = {
                 "loaded_from": report.model.loaded_from,
                 "saved_to": self.model_saved_to,

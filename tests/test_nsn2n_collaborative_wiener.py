@@ -111,3 +111,28 @@ def test_invalid_parameters_are_refused(kwargs):
 def test_mismatched_shapes_are_refused():
     with pytest.raises(ValueError, match="equal"):
         collaborative_wiener(torch.zeros(3, 8, 8), torch.zeros(3, 8, 9), torch.zeros(3, 8, 8))
+
+
+def test_groups_larger_than_a_corner_s_search_window_still_give_the_input_back_without_noise():
+    # A corner block's 2 x 2 in-plane window on 3 slices offers 12 blocks inside the slice; a group of
+    # 20 takes the nearest valid positions for the rest (repeats), which must leave the rule intact.
+    clean = _phantom((3, 12, 11))
+    params = CollaborativeWienerParams(block=8, group=20, search_radius=1, stride=2, slice_radius=1)
+    out = collaborative_wiener(clean, clean, torch.full_like(clean, 1e-6), params=params)
+    torch.testing.assert_close(out, clean, atol=1e-4, rtol=0)
+    noisy = clean + 0.2 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
+    assert _rmse(collaborative_wiener(noisy, clean, torch.full_like(clean, 0.2), params=params), clean) < 0.5 * 0.2
+
+
+def test_each_reference_slice_is_announced_and_a_stop_ends_the_filtering():
+    clean = _phantom()
+    sigma = torch.full_like(clean, 0.2)
+    calls: list[tuple[int, int]] = []
+    collaborative_wiener(clean, clean, sigma, params=SMALL, slices=[0, 1], before_slice=lambda *a: calls.append(a))
+    assert calls == [(0, 3), (1, 3), (2, 3)]  # slices 0 and 1 gather the groups referenced on 0, 1 and 2
+
+    def stop(done: int, total: int) -> None:
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        collaborative_wiener(clean, clean, sigma, params=SMALL, before_slice=stop)
