@@ -248,6 +248,11 @@ def test_run_record_agrees_with_the_output(case: AppCase) -> None:
     assert Path(record["model"]["saved_to"]) == series_workdir / "nsn2n_model.pt"
     assert (series_workdir / "nsn2n_model.pt").is_file()
     assert (series_workdir / "qa_montage.png").is_file()
+    steps = record["method"]["post_processing"]
+    assert steps[0].startswith("residual clip") and steps[1].startswith("blend with a 3-D non-local means")
+    # Neither gets the Wiener stage: the CT's noise is correlated in-plane, the MR sample's too (lag 1 0.35).
+    assert not any("Wiener" in step for step in steps), steps
+    assert any(step.startswith("Rician bias correction") for step in steps) == (case.name == "mr"), steps
     noise = record["noise"]
     if case.name == "ct":  # thin synthetic CT: the level is measured well, the figure must show the gain
         assert 0 < noise["after"] < noise["before"], noise

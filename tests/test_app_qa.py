@@ -89,6 +89,7 @@ def test_qa_pdf_is_valid_dicom_in_the_same_study_and_readable(qa_run):
     check = record["removed_structure"]
     assert f"Status: {'WARNING' if check['fired'] else 'OK'}" in text
     assert "Removed structure" in text and f"{check['index']:.2f}" in text
+    assert "After it" in text and "blend with a 3-D non-local means" in " ".join(text.split())
 
 
 def test_png_montage_exists_with_expected_size(qa_run):
