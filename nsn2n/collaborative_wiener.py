@@ -115,6 +115,34 @@ def _positions(n: int, block: int, stride: int, device: torch.device) -> torch.T
     return pos
 
 
+def _match(
+    p: torch.Tensor, r: int, ry: torch.Tensor, rx: torch.Tensor, params: CollaborativeWienerParams
+) -> torch.Tensor:
+    """The groups of the reference blocks at ``(ry, rx)`` of slice ``r``: (references, size, 3) long
+    (slice, dy, dx) of the blocks of the pilot ``p`` most alike each, itself first."""
+    depth, h, w = p.shape
+    b, sr, zr = params.block, params.search_radius, params.slice_radius
+    candidates = [
+        (zz, oy, ox)
+        for zz in range(max(0, r - zr), min(depth, r + zr + 1))
+        for oy in range(-sr, sr + 1)
+        for ox in range(-sr, sr + 1)
+    ]
+    dists = torch.empty((ry.numel(), len(candidates)), device=p.device)
+    for i, (zz, oy, ox) in enumerate(candidates):
+        sq = torch.zeros((h, w), device=p.device)
+        y0, y1, x0, x1 = max(0, -oy), min(h, h - oy), max(0, -ox), min(w, w - ox)
+        sq[y0:y1, x0:x1] = (p[r, y0:y1, x0:x1] - p[zz, y0 + oy : y1 + oy, x0 + ox : x1 + ox]) ** 2
+        dist = _window_sums(sq, b)[ry, rx]  # reference positions are valid top-left corners
+        inside = (ry + oy >= 0) & (ry + oy <= h - b) & (rx + ox >= 0) & (rx + ox <= w - b)
+        dists[:, i] = torch.where(inside, dist, math.inf)
+        if zz == r and oy == 0 and ox == 0:
+            dists[:, i] = -1.0  # the reference block itself, always in its group
+    table = torch.tensor(candidates, device=p.device)  # (candidates, 3): slice, dy, dx
+    size = min(params.group, len(candidates))  # the first and last slices have fewer neighbours to search
+    return table[torch.topk(dists, size, dim=1, largest=False).indices]
+
+
 def collaborative_wiener(
     noisy: torch.Tensor,
     pilot: torch.Tensor,
@@ -123,6 +151,7 @@ def collaborative_wiener(
     params: CollaborativeWienerParams | None = None,
     slices: Sequence[int] | None = None,
     before_slice: Callable[[int, int], None] | None = None,
+    groups: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The Wiener stage of ``noisy`` with ``pilot`` (module docstring): ``(len(slices), H, W)`` float32.
 
@@ -135,6 +164,12 @@ def collaborative_wiener(
         slices: the slices wanted, ``None`` = all, in order; the result follows that order.
         before_slice: called as ``before_slice(done, total)`` before the groups of each reference slice
             (progress, cancellation: whatever it raises ends the filtering).
+        groups: the block matching to hold, per reference slice: a slice found in it uses the groups
+            stored there, one not found is matched on the pilot and stored (int16 tensors, references x
+            group x (slice, dy, dx)). A caller that probes the filter with small changes of its input
+            (:mod:`nsn2n.error_estimate`) holds the matching of the unchanged input this way: the choice
+            of the nearest blocks is a step function of the pilot, which a finite difference cannot
+            differentiate.
 
     Slices narrower or shorter than a block are returned as the pilot.
     """
@@ -146,7 +181,7 @@ def collaborative_wiener(
     depth, h, w = noisy.shape
     wanted = list(range(depth)) if slices is None else [int(z) for z in slices]
     device = noisy.device
-    b, k, sr, zr = params.block, params.group, params.search_radius, params.slice_radius
+    b, zr = params.block, params.slice_radius
     x, p = noisy.float(), pilot.float()
     if h < b or w < b:
         return p[wanted].clone()
@@ -167,26 +202,14 @@ def collaborative_wiener(
     for done, r in enumerate(references):
         if before_slice is not None:
             before_slice(done, len(references))
-        candidates = [
-            (zz, oy, ox)
-            for zz in range(max(0, r - zr), min(depth, r + zr + 1))
-            for oy in range(-sr, sr + 1)
-            for ox in range(-sr, sr + 1)
-        ]
-        dists = torch.empty((ry.numel(), len(candidates)), device=device)
-        for i, (zz, oy, ox) in enumerate(candidates):
-            sq = torch.zeros((h, w), device=device)
-            y0, y1, x0, x1 = max(0, -oy), min(h, h - oy), max(0, -ox), min(w, w - ox)
-            sq[y0:y1, x0:x1] = (p[r, y0:y1, x0:x1] - p[zz, y0 + oy : y1 + oy, x0 + ox : x1 + ox]) ** 2
-            dist = _window_sums(sq, b)[ry, rx]  # reference positions are valid top-left corners
-            inside = (ry + oy >= 0) & (ry + oy <= h - b) & (rx + ox >= 0) & (rx + ox <= w - b)
-            dists[:, i] = torch.where(inside, dist, math.inf)
-            if zz == r and oy == 0 and ox == 0:
-                dists[:, i] = -1.0  # the reference block itself, always in its group
-        table = torch.tensor(candidates, device=device)  # (candidates, 3): slice, dy, dx
-        size = min(k, len(candidates))  # the first and last slices have fewer neighbours to search
+        if groups is not None and r in groups:
+            nearest = groups[r].to(device=device, dtype=torch.long)
+        else:
+            nearest = _match(p, r, ry, rx, params)
+            if groups is not None:
+                groups[r] = nearest.to(torch.int16)
+        size = nearest.shape[1]
         d_group = dct_matrix(size, device)
-        nearest = table[torch.topk(dists, size, dim=1, largest=False).indices]  # (references, size, 3)
         # A candidate outside the slice (infinite distance) joins only a group with too few inside; it
         # stands at the nearest valid position then.
         gz = nearest[..., 0]

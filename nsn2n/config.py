@@ -160,8 +160,8 @@ class DenoiseConfig:
             i.e. thick MR (:func:`nsn2n.api._wiener_applies`): there it raised the 5 mm MR's brain
             PSNR by 0.74 to 0.77 dB on the report set; it lost up to 0.26 dB on thin MR and thin CT
             and 0.4 to 0.7 dB on thick MR with in-plane correlated noise (bench/README.md,
-            2026-12-01). It adds about 0.4 s per 256 x 256 slice on 2 CPU cores, three times that to
-            the noise estimate.
+            2026-12-01). It adds about 0.7 s per 256 x 256 slice and 3.4 s per 512 x 512 slice on 2
+            CPU cores, and about twice that to the noise estimate.
 
     Runtime
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
